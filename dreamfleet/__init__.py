@@ -1,0 +1,20 @@
+"""dreamfleet: DeepDream as a high-throughput batch service.
+
+The public API: ``dream_folder`` runs a job in-process; ``DreamConfig`` / ``make_config``
+describe it. The engine lives in ``dreamfleet.engine``, the ONNX export in
+``dreamfleet.export``, Ray workers in ``dreamfleet.cluster``, benchmarks in ``dreamfleet.benchmarks``.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def dream_folder(inputs, output, **params):
+    """Dream ``inputs`` (paths, folders, globs) into ``output``; ``params`` are DreamConfig fields (``preset=`` too)."""
+    from dreamfleet.backends import create_backend
+    from dreamfleet.engine.config import make_config
+    from dreamfleet.engine.job import run_job
+
+    cfg = make_config(params.pop("preset", None), overrides=params)
+    return run_job(cfg, [str(i) for i in ([inputs] if isinstance(inputs, str) else inputs)], output, create_backend,
+                   progress=False)

@@ -1,0 +1,1 @@
+"""In-process torch backends (eager, torch.compile) behind ``engine.backends.base.Backend``."""

@@ -1,0 +1,56 @@
+"""The backend interface: every way of computing the ascent gradient sits behind it.
+
+A backend owns *how* the per-image objective and its gradient with respect to the
+input are computed (torch eager, torch.compile, ONNX Runtime, TensorRT). It never
+owns the update rule: the octave loop (``engine.loop``) normalizes the gradient,
+steps, jitters and clamps identically for every backend.
+
+Life cycle (Polygraphy style)::
+
+    with backend:                      # __enter__ -> self, __exit__ -> close()
+        backend.prepare(shapes)        # every (N, H, W) the job will run
+        obj, grad = backend.step(x)    # x[N,3,H,W] -> obj[N], grad[N,3,H,W]
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+
+
+class Backend(abc.ABC):
+    """Computes ``objective[N]`` and ``d objective / d x`` for a batch ``x[N,3,H,W]``."""
+
+    #: short name used on the command line (``--backend NAME``)
+    name: str = "abstract"
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
+        """Get ready for every (N, H, W) in ``shapes`` (compile, build profiles, warm up).
+
+        The default does nothing; backends that specialize on shapes override it.
+        """
+
+    @abc.abstractmethod
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x[N,3,H,W] (model's normalized input space) -> (objective[N], grad[N,3,H,W]).
+
+        The returned tensors live on ``self.device`` with ``x``'s dtype. Each image's
+        objective and gradient depend on that image alone (no batch coupling).
+        """
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory. Safe to call twice."""
+
+    def describe(self) -> dict:
+        """Facts about this backend for reports and benchmark rows."""
+        return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,99 @@
+"""The model registry: every dreamable network and the facts that travel with it.
+
+An entry carries its builder (architecture, random init), where its pretrained weights
+come from (a vendored file or torchvision's weights API), its input normalization, its
+default dream layer, the layers worth dreaming on, the smallest input it accepts and how
+it is truncated. ``get_spec`` is the only lookup; unknown names list the valid ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[[], nn.Module]
+    default_layer: str
+    dream_layers: tuple[str, ...]
+    min_size: int  # smallest H or W the deepest listed layer accepts
+    truncation: str  # "slice" (nn.Sequential prefix of `features`) or "fx"
+    tv_weights: str | None = None  # torchvision weights enum, e.g. "VGG16_Weights.IMAGENET1K_V1"
+    vendored: str | None = None  # file name under engine/weights/
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    description: str = ""
+    ignore_keys: tuple[str, ...] = field(default=("aux1.", "aux2.", "AuxLogits."))
+
+    @property
+    def vendored_path(self) -> Path | None:
+        return WEIGHTS_DIR / self.vendored if self.vendored else None
+
+
+def _bvlc() -> nn.Module:
+    from .bvlc import BVLCGoogLeNet
+
+    return BVLCGoogLeNet()
+
+
+def _tv(name: str, **kwargs) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+
+    return build
+
+
+_GOOGLENET_LAYERS = tuple(f"inception{b}" for b in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"))
+
+_SPECS = (
+    ModelSpec(
+        "bvlc_googlenet", _bvlc, "inception4c", _GOOGLENET_LAYERS, 32, "fx", vendored="bvlc_googlenet.safetensors",
+        description="original BVLC GoogLeNet (Caffe zoo), the 2015 DeepDream network; weights vendored",
+    ),
+    ModelSpec(
+        "googlenet", _tv("googlenet", aux_logits=False, transform_input=True, init_weights=False), "inception4c",
+        _GOOGLENET_LAYERS, 16, "fx", tv_weights="GoogLeNet_Weights.IMAGENET1K_V1",
+        description="torchvision GoogLeNet (3x3 in place of 5x5 branches)",
+    ),
+    ModelSpec(
+        "vgg16", _tv("vgg16"), "features.30", ("features.15", "features.22", "features.23", "features.29", "features.30"),
+        32, "slice", tv_weights="VGG16_Weights.IMAGENET1K_V1", description="VGG16, the seed article's model",
+    ),
+    ModelSpec(
+        "vgg19", _tv("vgg19"), "features.36", ("features.17", "features.26", "features.27", "features.35", "features.36"),
+        32, "slice", tv_weights="VGG19_Weights.IMAGENET1K_V1", description="VGG19",
+    ),
+    ModelSpec(
+        "inception_v3", _tv("inception_v3", aux_logits=False, transform_input=True, init_weights=False), "Mixed_5d",
+        ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a",
+         "Mixed_7b", "Mixed_7c"),
+        75, "fx", tv_weights="Inception_V3_Weights.IMAGENET1K_V1", description="Inception v3",
+    ),
+    ModelSpec(
+        "resnet50", _tv("resnet50"), "layer3", ("layer2", "layer3", "layer3.2", "layer3.5", "layer4"), 32, "fx",
+        tv_weights="ResNet50_Weights.IMAGENET1K_V1", description="ResNet-50",
+    ),
+)
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
+
+
+def list_models() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(REGISTRY)}") from None
