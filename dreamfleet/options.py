@@ -10,7 +10,15 @@ import dataclasses
 
 from dreamfleet.backends import BACKENDS
 from dreamfleet.engine.config import (
-    GRAD_NORMS, INTERPOLATIONS, OUTPUT_FORMATS, PRECISIONS, PRESETS, STEP_UNITS, DreamConfig, load_toml, make_config,
+    GRAD_NORMS,
+    INTERPOLATIONS,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+    PRESETS,
+    STEP_UNITS,
+    DreamConfig,
+    load_toml,
+    make_config,
 )
 from dreamfleet.engine.models import list_models
 from dreamfleet.engine.objectives import OBJECTIVE_KINDS

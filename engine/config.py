@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 PRECISIONS = ("fp32", "fp64", "bf16", "fp16")
 STEP_UNITS = ("pixel", "normalized")

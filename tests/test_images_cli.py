@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import random_rgb
 from dreamfleet.cli import main
 from dreamfleet.engine.imageio import read_metadata
 from dreamfleet.engine.inputs import discover, output_path
+
+from conftest import random_rgb
 
 FAST = ["--preset", "classic", "--layer", "inception3a", "--octaves", "2", "--iterations", "1", "--max-side", "64",
         "--jitter", "4", "--batch-size", "4", "--no-progress"]

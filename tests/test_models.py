@@ -11,7 +11,7 @@ from PIL import Image
 from dreamfleet.cli import main
 from dreamfleet.engine.build import build_dream_model, build_full_model
 from dreamfleet.engine.models import get_spec, list_models
-from dreamfleet.engine.truncate import layer_shapes, truncate, valid_layers
+from dreamfleet.engine.truncate import layer_shapes, valid_layers
 from dreamfleet.engine.weights import WeightsUnavailable, load_weights
 
 
