@@ -1,0 +1,111 @@
+"""The ``dreamfleet run`` subcommand: a dream job on a Ray cluster (a local one by default).
+
+``dreamfleet run INPUT... -o OUT`` takes every ``dreamfleet dream`` option plus the
+cluster options; ``dreamfleet run job.toml`` reads the job file, whose ``inputs`` and
+``output`` keys (paths relative to the job file's folder) say what to dream and where.
+Exit codes: 0 everything dreamed or skipped; 1 images failed or are unaccounted for.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import tomllib
+
+log = logging.getLogger(__name__)
+
+JOB_KEYS = ("inputs", "output")  # job-file keys that are not dream parameters
+
+
+def add_parser(subparsers) -> None:
+    from dreamfleet.options import add_dream_options
+
+    p = subparsers.add_parser(
+        "run", help="dream a folder on a Ray cluster (starts a local one by default)",
+        description="Dream every input on a pool of Ray actors, one per GPU (or per CPU core pair). "
+                    "Rerunning the same job finishes only what is missing. A single JOB.toml argument "
+                    "is read as --config, with its `inputs` and `output` keys as the inputs and -o.")
+    add_dream_options(p)
+    for action in p._actions:  # -o may come from the job file
+        if action.dest == "output":
+            action.required = False
+    g = p.add_argument_group("cluster")
+    g.add_argument("--workers", type=int, default=None,
+                   help="actors (default: one per GPU, or one per CPU core pair without GPUs)")
+    g.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per actor; 0.5 lets two small-model actors share a GPU (default: 1 with GPUs, else 0)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray)")
+    g.add_argument("--retries", type=int, default=2, help="failed attempts an image may have before quarantine "
+                                                          "(default: 2)")
+    g.add_argument("--shard-timeout", type=float, default=1800.0,
+                   help="seconds a worker may stay silent on a shard before it is killed as hung (default: 1800)")
+    g.add_argument("--shard-size", type=int, default=0, help="images per shard (default: 0 = automatic)")
+    g.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per CPU worker (default: 1)")
+    g.add_argument("--contact-sheet", type=int, default=36, metavar="N",
+                   help="input/dream pairs on the contact sheet (default: 36; 0: none)")
+    p.set_defaults(func=cmd_run)
+
+
+def resolve_job(args: argparse.Namespace):
+    """(DreamConfig, inputs, output) from the flags and an optional job file; flags win."""
+    from dreamfleet.engine.config import field_names, load_toml, make_config
+
+    inputs, config = list(args.inputs), args.config
+    if len(inputs) == 1 and inputs[0].endswith(".toml"):
+        if not Path(inputs[0]).is_file():
+            raise ValueError(f"job file {inputs[0]} not found; give an existing JOB.toml or INPUT... -o OUT")
+        if config:
+            raise ValueError("give the job file either as the only INPUT or as --config, not both")
+        config, inputs = inputs[0], []
+    file_values: dict = {}
+    job: dict = {}
+    if config:
+        with open(config, "rb") as fh:
+            raw = tomllib.load(fh)
+        base = Path(config).parent
+        if "inputs" in raw:
+            listed = raw["inputs"] if isinstance(raw["inputs"], list) else [raw["inputs"]]
+            job["inputs"] = [str(base / p) for p in listed]
+        if "output" in raw:
+            job["output"] = str(base / raw["output"])
+        file_values = {k: v for k, v in load_toml(config).items() if k not in JOB_KEYS}
+    inputs = inputs or job.get("inputs", [])
+    output = args.output or job.get("output")
+    if not inputs:
+        raise ValueError("no inputs: give INPUT paths or an `inputs = [...]` key in the job file")
+    if not output:
+        raise ValueError("no output folder: give -o OUT or an `output = \"...\"` key in the job file")
+    overrides = {k: getattr(args, k, None) for k in field_names() if k != "preset"}
+    return make_config(args.preset, file_values, overrides), inputs, output
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dreamfleet.backends import create_backend
+
+    from .driver import ClusterOptions, run_cluster_job
+
+    cfg, inputs, output = resolve_job(args)
+    opts = ClusterOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
+                          retries=args.retries, shard_timeout=args.shard_timeout, shard_size=args.shard_size,
+                          torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet)
+    result = run_cluster_job(cfg, inputs, output, create_backend, opts, progress=args.progress)
+    report = result.report
+    print(summary_line(result))
+    print(f"report: {report.out_dir / 'dreamfleet-report.json'}")
+    for rec in report.records:
+        if rec.status == "failed":
+            print(f"  failed: {rec.input}: {rec.reason}", file=sys.stderr)
+    for miss in result.reconciliation["unaccounted"]:
+        print(f"  unaccounted: {miss['input']}: {miss['why']}", file=sys.stderr)
+    return result.exit_code
+
+
+def summary_line(result) -> str:
+    extra = result.report.extra
+    workers = extra.get("workers", {})
+    return (f"{result.report.summary()}; {len(workers)} worker(s), {extra.get('retries', 0)} retries, "
+            f"{extra.get('worker_restarts', 0)} worker restarts, {len(extra.get('quarantined', []))} quarantined, "
+            f"{len(result.reconciliation['unaccounted'])} unaccounted")

@@ -1,0 +1,61 @@
+"""The contact sheet: one PNG with the first few dozen inputs beside their dreams.
+
+Pairs are laid out in a grid (input | dream per cell), each thumbnail fit into a square
+of ``thumb`` pixels on a dark background, so the night's art can be seen at a glance.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from dreamfleet.engine.report import ImageRecord
+
+log = logging.getLogger(__name__)
+
+SHEET_NAME = "dreamfleet-contact-sheet.png"
+
+
+def _thumb(path: str, size: int) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            return ImageOps.contain(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+    except Exception as exc:  # an unreadable input is simply left out of the sheet
+        log.debug("contact sheet: cannot read %s: %s", path, exc)
+        return None
+
+
+def make_contact_sheet(records: list[ImageRecord], path: Path, limit: int = 36, thumb: int = 128,
+                       columns: int = 4) -> Path | None:
+    """Write a grid of (input, dream) pairs for the first ``limit`` records with outputs; None if none."""
+    if limit < 1 or thumb < 8 or columns < 1:
+        raise ValueError("contact sheet needs limit >= 1, thumb >= 8 and columns >= 1")
+    pairs = [r for r in sorted(records, key=lambda r: r.rel) if r.status in ("done", "skipped") and r.output
+             and Path(r.output).exists()][:limit]
+    if not pairs:
+        return None
+    pad = 4
+    cell_w, cell_h = 2 * thumb + 3 * pad, thumb + 2 * pad
+    cols = min(columns, len(pairs))
+    rows = math.ceil(len(pairs) / cols)
+    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), (24, 24, 24))
+    for n, rec in enumerate(pairs):
+        x0, y0 = (n % cols) * cell_w, (n // cols) * cell_h
+        for k, src in enumerate((rec.input, rec.output)):
+            im = _thumb(src, thumb)
+            if im is None:
+                continue
+            x = x0 + pad + k * (thumb + pad) + (thumb - im.width) // 2
+            y = y0 + pad + (thumb - im.height) // 2
+            sheet.paste(im, (x, y))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    log.info("contact sheet of %d pairs -> %s", len(pairs), path)
+    return path

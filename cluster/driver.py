@@ -1,0 +1,163 @@
+"""The cluster job: lock, manifest, dispatch to the actor pool, reconcile, report.
+
+``run_cluster_job`` is ``dreamfleet run``: it connects to Ray (or starts a local one),
+locks the output folder, removes temporaries a killed run left, refuses a folder made
+with other parameters, plans the job with the engine (existing outputs are skipped, so a
+rerun finishes only what is missing), writes the manifest, shards the work by shape and
+runs it on a ``WorkerPool``. At the end every manifest entry must be done, skipped or
+recorded as failed; the run report gains per-worker throughput, retries, quarantined
+images, the cluster's resources and the reconciliation, and a contact sheet is drawn.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamfleet.engine.config import DreamConfig, config_to_dict
+from dreamfleet.engine.inputs import clean_stale_temporaries
+from dreamfleet.engine.job import OutputLock, check_job_file, plan_job
+from dreamfleet.engine.report import RunReport
+from dreamfleet.engine.runner import BackendFactory
+
+from .contact_sheet import SHEET_NAME, make_contact_sheet
+from .manifest import auto_shard_size, build_manifest, make_shards, reconcile
+from .pool import PoolOptions, WorkerPool
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # shards carry paths, never pixels
+
+
+@dataclass
+class ClusterOptions:
+    workers: int | None = None  # None: one per GPU (/ gpus_per_worker), else one per CPU core pair
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    address: str | None = None  # None: start a local Ray; "auto" or host:port: join a running cluster
+    retries: int = 2
+    shard_timeout: float = 1800.0  # seconds; 0: never
+    shard_size: int = 0  # 0: automatic
+    torch_threads: int = 1  # per CPU worker
+    contact_sheet: int = 36  # pairs on the sheet (0: none)
+
+
+@dataclass
+class ClusterResult:
+    report: RunReport
+    reconciliation: dict
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.reconciliation["ok"] and not self.report.counts()["failed"] else 1
+
+
+def connect(address: str | None):
+    """ray.init once: join ``address`` (or $RAY_ADDRESS) or start a small local Ray; returns (ray, started_here)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    if address or os.environ.get("RAY_ADDRESS"):  # --address, or inside `ray job submit`
+        ray.init(address=address or None, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=True)
+    return ray, True
+
+
+def resolve_pool_options(opts: ClusterOptions, resources: dict) -> PoolOptions:
+    """Fill the defaults from the cluster's resources; refuse asks the cluster can never satisfy."""
+    gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    gpw = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+    if gpw > 0 and gpus < gpw:
+        raise ValueError(f"--gpus-per-worker {gpw} but the cluster has {gpus:g} GPUs; valid: 0 (CPU workers) "
+                         f"or a value <= {gpus:g}")
+    if opts.workers is not None:
+        workers = opts.workers
+        if gpw > 0 and workers * gpw > gpus:
+            raise ValueError(f"--workers {workers} x --gpus-per-worker {gpw:g} needs {workers * gpw:g} GPUs; the "
+                             f"cluster has {gpus:g}; valid: --workers <= {int(gpus // gpw)}")
+    else:
+        workers = int(gpus // gpw) if gpw > 0 else max(1, int(cpus) // 2)
+    return PoolOptions(workers=workers, gpus_per_worker=gpw, retries=opts.retries, torch_threads=opts.torch_threads,
+                       shard_timeout=opts.shard_timeout).validate()
+
+
+def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_factory: BackendFactory,
+                    opts: ClusterOptions | None = None, progress: bool | None = None) -> ClusterResult:
+    """Dream every input into ``out_dir`` on a Ray actor pool; writes and returns the report."""
+    opts = opts or ClusterOptions()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = RunReport(config_to_dict(cfg), out_dir, command="run")
+    started = time.time()
+    with OutputLock(out_dir):
+        stale = clean_stale_temporaries(out_dir)
+        if stale:
+            log.info("removed %d stale temporary files left by an earlier run", stale)
+        check_job_file(out_dir, cfg)
+        plan = plan_job(cfg, inputs, out_dir)
+        entries = build_manifest(plan, out_dir, cfg.param_hash())
+        for rec in plan.records:
+            report.add(rec)
+        log.info("%d to dream, %d skipped, %d failed at planning", len(plan.todo), report.counts()["skipped"],
+                 report.counts()["failed"])
+        report.extra["stale_temporaries_removed"] = stale
+        if plan.todo:
+            _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started)
+        rec_summary = reconcile(entries, report.records)
+        report.extra["reconciliation"] = rec_summary
+        if opts.contact_sheet:
+            sheet = out_dir / SHEET_NAME
+            if any(e.output and Path(e.output) == sheet.resolve() for e in entries):
+                sheet = out_dir / ".dreamfleet" / SHEET_NAME
+            made = make_contact_sheet(report.records, sheet, limit=opts.contact_sheet)
+            report.extra["contact_sheet"] = str(made) if made else None
+        report.write()
+    if not rec_summary["ok"]:
+        log.error("%d manifest entries unaccounted for, e.g. %s", len(rec_summary["unaccounted"]),
+                  rec_summary["unaccounted"][:3])
+    return ClusterResult(report, rec_summary)
+
+
+def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started) -> None:
+    ray, started_here = connect(opts.address)
+    try:
+        resources = ray.cluster_resources()
+        pool_opts = resolve_pool_options(opts, resources)
+        shard_size = opts.shard_size or auto_shard_size(len(plan.todo), pool_opts.workers, cfg.batch_size)
+        shards = make_shards(plan.todo, shard_size)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        report.extra["cluster"] = {"resources": resources, "nodes": len(nodes), "workers": pool_opts.workers,
+                                   "gpus_per_worker": pool_opts.gpus_per_worker,
+                                   "cpus_per_worker": pool_opts.cpus_per_worker, "shards": len(shards),
+                                   "shard_size": shard_size, "retry_budget": pool_opts.retries,
+                                   "ray": ray.__version__, "address": opts.address or "local"}
+        log.info("%d shards of <= %d images on %d workers (%g GPU each); cluster %s", len(shards), shard_size,
+                 pool_opts.workers, pool_opts.gpus_per_worker, resources)
+        bar = Progress(len(plan.todo), progress)
+        pool = WorkerPool(cfg, backend_factory, pool_opts, plan.shapes, started=started)
+
+        def on_record(rec) -> None:
+            report.add(rec)
+            bar.add(rec.worker or "?", rec.status)
+
+        t_work = time.perf_counter()
+        try:
+            stats = pool.run(shards, on_record, tick=lambda: (setattr(bar, "retries", pool.stats.retries),
+                                                              bar.tick()))
+        finally:
+            pool.close()
+            bar.close()
+        report.work_seconds = time.perf_counter() - (pool.first_ready or t_work)  # after the first worker is up
+        report.extra.update({"workers": stats.workers, "retries": stats.retries,
+                             "worker_restarts": stats.worker_restarts, "quarantined": stats.quarantined})
+        backends = [w.get("backend") for w in stats.workers.values() if w.get("backend")]
+        if backends:
+            report.extra["backend"] = backends[0]
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,139 @@
+"""The job manifest: every input of a cluster job, its content hash, and how it is sharded.
+
+The manifest is written to ``OUT/.dreamfleet/manifest.jsonl`` (a header line with the
+job's parameter hash, then one line per input: path, relative path, size, content hash,
+output path, working shape). A rerun reuses the hashes of inputs whose size and mtime
+did not change. Shards are lists of work items (paths, never pixels) cut inside one shape
+bucket, so each shard is a few full engine batches. ``reconcile`` checks the manifest
+against the final records and the files on disk at the end of a job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from itertools import groupby
+from pathlib import Path
+
+from dreamfleet.engine.job import STATE_DIR, JobPlan
+from dreamfleet.engine.report import ImageRecord
+from dreamfleet.engine.runner import WorkItem
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+HASH_THREADS = 8
+
+
+@dataclass
+class ManifestEntry:
+    rel: str
+    input: str
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str | None
+    output: str | None
+    hw: list[int] | None
+    planned: str  # todo | skipped | failed
+
+
+def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path(out_dir: Path) -> Path:
+    return Path(out_dir) / STATE_DIR / MANIFEST_NAME
+
+
+def _previous_hashes(path: Path) -> dict[tuple[str, int, int], str]:
+    known: dict[tuple[str, int, int], str] = {}
+    if not path.exists():
+        return known
+    with open(path) as fh:
+        for line in list(fh)[1:]:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("content_hash") and e.get("size") is not None:
+                known[(e["input"], e["size"], e["mtime_ns"])] = e["content_hash"]
+    return known
+
+
+def build_manifest(plan: JobPlan, out_dir: Path, param_hash: str) -> list[ManifestEntry]:
+    """One entry per planned input (todo, skipped, failed at planning); writes the manifest file."""
+    path = manifest_path(out_dir)
+    known = _previous_hashes(path)
+    t0 = time.perf_counter()
+
+    def entry(job: tuple) -> ManifestEntry:
+        inp, rel, output, hw, planned = job
+        try:
+            st = os.stat(inp)
+        except OSError:
+            return ManifestEntry(rel, inp, None, None, None, output, hw, planned)
+        h = known.get((inp, st.st_size, st.st_mtime_ns))
+        if h is None:
+            try:
+                h = content_hash(inp)
+            except OSError:
+                h = None
+        return ManifestEntry(rel, inp, st.st_size, st.st_mtime_ns, h, output, hw, planned)
+
+    jobs = [(i.path, i.rel, i.output, list(i.hw), "todo") for i in plan.todo]
+    jobs += [(r.input, r.rel, r.output, r.shape, r.status) for r in plan.records]
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:  # hashing is I/O bound; keeps order
+        entries = list(pool.map(entry, jobs, chunksize=64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps({"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "entries": len(entries)}) + "\n")
+        for e in entries:
+            fh.write(json.dumps(asdict(e)) + "\n")
+    os.replace(tmp, path)
+    log.info("manifest: %d inputs (%d to dream) hashed in %.2fs -> %s", len(entries), len(plan.todo),
+             time.perf_counter() - t0, path)
+    return entries
+
+
+def make_shards(todo: list[WorkItem], shard_size: int) -> list[list[WorkItem]]:
+    """Cut shape-sorted ``todo`` into shards of at most ``shard_size`` items, never across shape buckets."""
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    shards: list[list[WorkItem]] = []
+    ordered = sorted(todo, key=lambda i: (tuple(i.hw), i.rel))
+    for _, group in groupby(ordered, key=lambda i: tuple(i.hw)):
+        bucket = list(group)
+        shards.extend(bucket[i:i + shard_size] for i in range(0, len(bucket), shard_size))
+    return shards
+
+
+def auto_shard_size(n_items: int, workers: int, batch_size: int) -> int:
+    """Two engine batches per shard, smaller when that would leave workers idle on a small job."""
+    balanced = max(1, math.ceil(n_items / max(1, 2 * workers)))
+    return max(1, min(2 * batch_size, balanced))
+
+
+def reconcile(entries: list[ManifestEntry], records: list[ImageRecord]) -> dict:
+    """Every manifest entry must end done/skipped with its output on disk, or recorded as failed."""
+    final = {r.rel: r for r in records}
+    unaccounted: list[dict] = []
+    for e in entries:
+        rec = final.get(e.rel)
+        if rec is None:
+            unaccounted.append({"rel": e.rel, "input": e.input, "why": "no record"})
+        elif rec.status in ("done", "skipped") and not (rec.output and Path(rec.output).exists()):
+            unaccounted.append({"rel": e.rel, "input": e.input, "why": f"{rec.status} but output missing"})
+    counts = {s: sum(1 for e in entries if e.rel in final and final[e.rel].status == s)
+              for s in ("done", "skipped", "failed")}
+    return {"manifest_entries": len(entries), **counts, "unaccounted": unaccounted, "ok": not unaccounted}

@@ -1,0 +1,303 @@
+"""The actor pool: create one Ray actor per worker slot, hand out shards with backpressure, retry.
+
+Each actor is created with ``num_gpus=gpus_per_worker`` (Ray pins its GPU through
+``CUDA_VISIBLE_DEVICES``) and a small ``num_cpus`` share, so actors never starve Ray's own
+tasks on small machines. At most ``depth`` shards are outstanding per actor; ``ray.wait``
+collects them as they finish. Fault handling:
+
+* a worker process that dies: the actor is killed and recreated, the shard it was running
+  is charged one failure and split in halves, the others queued on it are requeued as is;
+  outputs it wrote before dying are kept (atomic writes) and recorded as done, not redone;
+* an exception from a shard: split and retried the same way;
+* an image the engine recorded as a dream/write failure: retried alone;
+* an image that failed more than ``retries`` times on its own is quarantined with its reason;
+* a worker silent on a shard for ``shard_timeout`` seconds is treated as dead (hangs are silent).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dreamfleet.engine.config import DreamConfig
+from dreamfleet.engine.report import ImageRecord
+from dreamfleet.engine.runner import BackendFactory, WorkItem
+
+from .worker import DreamWorker, ShardResult
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_PREFIXES = ("dream failed", "cannot write output")  # engine failure reasons worth another try
+MAX_START_FAILURES = 3  # consecutive actor start failures before a slot is given up
+
+
+@dataclass
+class PoolOptions:
+    workers: int
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 0.25
+    torch_threads: int = 1
+    retries: int = 2
+    depth: int = 2  # shards outstanding per actor
+    start_timeout: float = 300.0  # seconds for the first actor to come up (resources may be missing)
+    shard_timeout: float = 1800.0  # a worker silent this long on a shard is killed as hung (0: never)
+
+    def validate(self) -> "PoolOptions":
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker < 0 or (self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker)):
+            raise ValueError(f"--gpus-per-worker must be 0, a fraction < 1 or a whole number, got {self.gpus_per_worker}")
+        if self.retries < 0 or self.depth < 1 or self.cpus_per_worker <= 0 or self.shard_timeout < 0:
+            raise ValueError("--retries and --shard-timeout must be >= 0, depth >= 1 and cpus per worker > 0")
+        return self
+
+
+@dataclass
+class Slot:
+    index: int
+    generation: int = 0
+    actor: object = None
+    ready: bool = False
+    start_failures: int = 0
+    retired: bool = False
+    active_since: float = 0.0  # perf_counter of its last sign of life while it has shards
+
+    @property
+    def name(self) -> str:
+        return f"w{self.index}" if self.generation == 0 else f"w{self.index}.{self.generation}"
+
+
+@dataclass
+class PoolStats:
+    workers: dict = field(default_factory=dict)  # name -> info + throughput
+    retries: int = 0
+    worker_restarts: int = 0
+    quarantined: list = field(default_factory=list)
+
+
+class WorkerPool:
+    """Runs shards on Ray actors until every item has one final record."""
+
+    def __init__(self, cfg: DreamConfig, backend_factory: BackendFactory, opts: PoolOptions,
+                 shapes: list[tuple[int, int, int]], started: float | None = None) -> None:
+        import ray
+
+        self.ray, self.cfg, self.opts = ray, cfg, opts.validate()
+        if opts.gpus_per_worker == 0 and cfg.device == "auto":  # a worker Ray gave no GPU must not take one
+            self.cfg = dataclasses.replace(cfg, device="cpu")
+        elif opts.gpus_per_worker > 0 and cfg.device.startswith("cuda:"):  # Ray picks the GPU, seen as cuda:0
+            log.warning("--device %s ignored: each worker uses the GPU Ray pinned for it", cfg.device)
+            self.cfg = dataclasses.replace(cfg, device="cuda")
+        self.factory, self.shapes = backend_factory, shapes
+        self.started = started if started is not None else time.time()
+        self.actor_cls = ray.remote(DreamWorker)
+        self.slots = [Slot(i) for i in range(opts.workers)]
+        self.stats = PoolStats()
+        self.inflight: dict = {}  # ref -> (slot, seq, shard_id or None for the ready probe, items)
+        self.seq = itertools.count()
+        self.shard_ids = itertools.count()
+        self.first_ready: float | None = None  # perf_counter when the first worker came up
+        self.last_progress = time.perf_counter()  # a worker came up or a shard came back
+
+    # ---- actors
+    def _start(self, slot: Slot) -> None:
+        slot.actor = self.actor_cls.options(num_gpus=self.opts.gpus_per_worker, num_cpus=self.opts.cpus_per_worker,
+                                            max_restarts=0, max_task_retries=0).remote(
+            self.cfg, self.factory, slot.name, self.opts.torch_threads)
+        slot.ready = False
+        self.inflight[slot.actor.info.remote()] = (slot, next(self.seq), None, [])
+        self.stats.workers.setdefault(slot.name, {"shards": 0, "done": 0, "failed": 0, "busy_seconds": 0.0})
+
+    def _kill(self, slot: Slot) -> None:
+        try:
+            self.ray.kill(slot.actor, no_restart=True)
+        except Exception as exc:  # already gone
+            log.debug("kill %s: %s", slot.name, exc)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot.actor is not None:
+                self._kill(slot)
+                slot.actor = None
+
+    # ---- scheduling
+    def run(self, shards: list[list[WorkItem]], on_record: Callable[[ImageRecord], None],
+            tick: Callable[[], None] | None = None) -> PoolStats:
+        queue: deque = deque((next(self.shard_ids), s) for s in shards if s)
+        self.failures: dict[str, int] = {}
+        self.final: set[str] = set()
+        self.on_record, self.queue = on_record, queue
+        self.items_by_rel = {i.rel: i for s in shards for i in s}
+        for slot in self.slots:
+            self._start(slot)
+        self.last_progress = time.perf_counter()
+        while queue or any(v[2] is not None for v in self.inflight.values()):
+            self._dispatch()
+            if not self.inflight:
+                raise RuntimeError("every worker failed to start; see the log for the actors' errors")
+            ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+            if tick:
+                tick()
+            stalled = time.perf_counter() - self.last_progress
+            if not any(s.ready for s in self.slots) and stalled > self.opts.start_timeout:
+                raise RuntimeError(f"no worker (re)started within {self.opts.start_timeout:.0f}s; the cluster may lack "
+                                   f"the resources asked for ({self.opts.gpus_per_worker} GPU per worker); "
+                                   f"cluster has {self.ray.cluster_resources()}")
+            for ref in ready:
+                if ref in self.inflight:
+                    self._collect(ref)
+            self._check_hung()
+        for w in self.stats.workers.values():
+            w["images_per_s"] = round(w["done"] / w["busy_seconds"], 4) if w["busy_seconds"] > 0 else None
+            w["busy_seconds"] = round(w["busy_seconds"], 3)
+        return self.stats
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            if slot.retired:
+                continue
+            if slot.actor is None and self.queue:
+                self.stats.worker_restarts += 1
+                self._start(slot)
+            while self.queue and (busy := self._busy(slot)) < self.opts.depth:
+                if not busy:
+                    slot.active_since = time.perf_counter()
+                sid, items = self.queue.popleft()
+                self.inflight[slot.actor.process.remote(sid, items)] = (slot, next(self.seq), sid, items)
+
+    def _busy(self, slot: Slot) -> int:
+        return sum(1 for v in self.inflight.values() if v[0] is slot and v[2] is not None)
+
+    def _check_hung(self) -> None:
+        now = time.perf_counter()
+        for slot in self.slots:
+            if (self.opts.shard_timeout and slot.ready and self._busy(slot)
+                    and now - slot.active_since > self.opts.shard_timeout):
+                self._lost(slot, f"worker {slot.name} hung: no shard back in {self.opts.shard_timeout:.0f}s")
+
+    def _collect(self, ref) -> None:
+        slot, seq, sid, items = self.inflight.pop(ref)
+        slot.active_since = time.perf_counter()
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:  # the shard raised; the actor lives on
+            if sid is None:
+                self._lost(slot, f"worker failed to start: {exc}")
+            else:
+                self._shard_failed(items, f"shard raised: {_short(exc)}")
+            return
+        except self.ray.exceptions.RayError as exc:  # the worker process is gone
+            self.inflight[ref] = (slot, seq, sid, items)  # let _lost account for it with the others
+            self._lost(slot, f"worker {slot.name} lost: {_short(exc)}")
+            return
+        if sid is None:
+            self._ready(slot, result)
+        else:
+            self._shard_done(result)
+
+    def _ready(self, slot: Slot, info: dict) -> None:
+        slot.ready, slot.start_failures = True, 0
+        self.last_progress = time.perf_counter()
+        self.first_ready = self.first_ready or time.perf_counter()
+        self.stats.workers[slot.name].update(info)
+        log.info("worker %s up on %s (gpus %s, CUDA_VISIBLE_DEVICES=%s)", slot.name, info["device"],
+                 info["gpu_ids"], info["cuda_visible_devices"])
+
+    def _lost(self, slot: Slot, reason: str) -> None:
+        """The slot's actor died: recreate it; charge the shard it was running, requeue the rest."""
+        mine = sorted(((v[1], r, v) for r, v in self.inflight.items() if v[0] is slot), key=lambda t: t[0])
+        for _, r, v in mine:
+            del self.inflight[r]
+            if v[2] is None:  # its start probe may have finished without being collected yet
+                try:  # the actor is dead, so this resolves at once: its answer or the death
+                    self._ready(slot, self.ray.get(r, timeout=10))
+                except Exception as exc:  # the actor never came up
+                    log.debug("start probe of %s: %s", slot.name, _short(exc))
+        shards = [(v[2], v[3]) for _, _, v in mine if v[2] is not None]
+        self._kill(slot)
+        log.warning("%s (%d shard(s) outstanding)", reason, len(shards))
+        if not slot.ready:
+            slot.start_failures += 1
+            for s in reversed(shards):
+                self.queue.appendleft(s)
+            if slot.start_failures >= MAX_START_FAILURES:
+                slot.retired = True
+                log.error("giving up on worker slot %d after %d failed starts", slot.index, slot.start_failures)
+                return
+        else:
+            if shards:
+                self._shard_failed(shards[0][1], reason)
+            for s in reversed(shards[1:]):
+                self.queue.appendleft(s)
+        slot.actor, slot.generation = None, slot.generation + 1  # restarted by _dispatch when work remains
+
+    def _finalize(self, rec: ImageRecord) -> None:
+        if rec.rel in self.final:
+            return
+        self.final.add(rec.rel)
+        rec.attempts = max(rec.attempts, self.failures.get(rec.rel, 0) + (1 if rec.status == "done" else 0))
+        self.on_record(rec)
+
+    def _written_this_run(self, item: WorkItem) -> bool:
+        try:
+            mtime = os.stat(item.output).st_mtime
+        except OSError:
+            return False
+        return not self.cfg.overwrite or mtime >= self.started - 1.0
+
+    def _shard_done(self, result: ShardResult) -> None:
+        self.last_progress = time.perf_counter()
+        w = self.stats.workers[result.worker]
+        w["shards"] += 1
+        w["busy_seconds"] += result.seconds
+        for rec in result.records:
+            if rec.status == "failed" and (rec.reason or "").startswith(RETRYABLE_PREFIXES):
+                self._charge(self.items_by_rel[rec.rel], rec.reason, rec)
+                continue
+            w[rec.status] = w.get(rec.status, 0) + 1
+            self._finalize(rec)
+
+    def _shard_failed(self, items: list[WorkItem], reason: str) -> None:
+        rest = []
+        for item in items:
+            if self._written_this_run(item):  # written before the worker died: keep it, don't redo it
+                self._finalize(ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw),
+                                           worker="recovered"))
+            else:
+                rest.append(item)
+        if len(rest) > 1:
+            for item in rest:
+                self.failures[item.rel] = self.failures.get(item.rel, 0) + 1
+            half = len(rest) // 2
+            self.stats.retries += 1
+            log.warning("%s; retrying its %d images as %d + %d", reason, len(rest), half, len(rest) - half)
+            self.queue.append((next(self.shard_ids), rest[:half]))
+            self.queue.append((next(self.shard_ids), rest[half:]))
+        elif rest:
+            self._charge(rest[0], reason, None)
+
+    def _charge(self, item: WorkItem, reason: str, rec: ImageRecord | None) -> None:
+        """One more failure for ``item`` alone: retry it, or quarantine it once over budget."""
+        n = self.failures[item.rel] = self.failures.get(item.rel, 0) + 1
+        if n <= self.opts.retries:
+            self.stats.retries += 1
+            self.queue.append((next(self.shard_ids), [item]))
+            log.info("retrying %s (failure %d of %d allowed): %s", item.rel, n, self.opts.retries, reason)
+            return
+        why = f"quarantined after {n} failed attempts: {reason}"
+        self.stats.quarantined.append({"rel": item.rel, "input": item.path, "attempts": n, "reason": reason})
+        log.error("%s: %s", item.rel, why)
+        self._finalize(ImageRecord(item.path, item.rel, "failed", reason=why, shape=list(item.hw) or None,
+                                   worker=rec.worker if rec else None, attempts=n))
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    last = text[-1] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {last}"[:limit]
+

@@ -1,0 +1,96 @@
+"""Fault-injecting backend factories for the cluster tests (importable by Ray workers).
+
+They wrap ``dreamfleet.backends.create_backend``; bind their keyword arguments with
+``functools.partial`` and pass the result as the backend factory. A *poison* image is a
+constant-colour image (zero spread survives resizing and jitter), which is how the
+wrapper recognises it inside a batch tensor.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from dreamfleet.engine.backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+
+def has_poison(x: torch.Tensor) -> bool:
+    flat = x.flatten(2)  # [N, C, H*W]: a poison image is flat in every channel
+    return bool(((flat.amax(2) - flat.amin(2)) < 1e-5).all(1).any())
+
+
+class _Wrapped(Backend):
+    def __init__(self, inner: Backend, on_step) -> None:
+        super().__init__()
+        self.inner, self.on_step = inner, on_step
+        self.name, self.device, self.dtype = inner.name, inner.device, inner.dtype
+        self.steps = 0
+
+    def prepare(self, shapes):
+        self.inner.prepare(shapes)
+
+    def step(self, x):
+        self.steps += 1
+        self.on_step(self, x)
+        return self.inner.step(x)
+
+    def close(self):
+        self.inner.close()
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def poison_backend(dm, cfg, device, *, crash: bool = False):
+    """Raises (or, with ``crash``, kills the worker process) on any batch holding a poison image."""
+    from dreamfleet.backends import create_backend
+
+    def on_step(_, x):
+        if has_poison(x):
+            if crash:
+                log.error("poison image: killing worker process %d", os.getpid())
+                os._exit(1)
+            raise RuntimeError("poison image crashed the model")
+
+    return _Wrapped(create_backend(dm, cfg, device), on_step)
+
+
+def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: int = 2):
+    """Kills its process once, at step ``after_steps + 1``, if ``marker`` does not exist yet.
+
+    Before dying it writes to ``marker`` the inode of every output already written, so a
+    test can check that none of them was written again.
+    """
+    from dreamfleet.backends import create_backend
+
+    def on_step(backend, x):
+        if backend.steps > after_steps and not os.path.exists(marker):
+            written = {str(p): p.stat().st_ino for p in Path(out_dir).rglob("*.png")
+                       if not p.name.startswith(".") and "dreamfleet" not in p.name}
+            tmp = f"{marker}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump({"pid": os.getpid(), "written": written}, fh)
+            os.replace(tmp, marker)
+            log.error("dying mid-shard on purpose (pid %d, %d outputs written)", os.getpid(), len(written))
+            os._exit(1)
+
+    return _Wrapped(create_backend(dm, cfg, device), on_step)
+
+
+def hanging_backend(dm, cfg, device, *, marker: str):
+    """Hangs its worker forever on the first step, once (while ``marker`` does not exist)."""
+    from dreamfleet.backends import create_backend
+
+    def on_step(_, x):
+        if not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            log.error("hanging on purpose (pid %d)", os.getpid())
+            time.sleep(3600)
+
+    return _Wrapped(create_backend(dm, cfg, device), on_step)

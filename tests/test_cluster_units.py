@@ -1,0 +1,160 @@
+"""Cluster mode pieces that need no Ray: manifest, shards, reconciliation, options, CLI, lock, sheet."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+
+import pytest
+from ray_fixtures import make_images, tiny_config
+
+from dreamfleet.cluster.commands import add_parser, resolve_job
+from dreamfleet.cluster.contact_sheet import make_contact_sheet
+from dreamfleet.cluster.driver import ClusterOptions, ClusterResult, resolve_pool_options, run_cluster_job
+from dreamfleet.cluster.manifest import auto_shard_size, build_manifest, make_shards, manifest_path, reconcile
+from dreamfleet.cluster.progress import Progress
+from dreamfleet.engine.job import JobLocked, OutputLock, plan_job
+from dreamfleet.engine.report import ImageRecord, RunReport
+from dreamfleet.engine.runner import WorkItem
+
+
+def _item(i, hw):
+    return WorkItem(f"in/{i}.png", f"{i}.png", f"out/{i}.png", hw)
+
+
+def test_shards_stay_in_one_shape_bucket():
+    todo = [_item(i, (64, 64) if i % 2 else (32, 64)) for i in range(7)]
+    shards = make_shards(todo, 2)
+    assert sum(len(s) for s in shards) == 7
+    assert all(len({s_.hw for s_ in s}) == 1 and len(s) <= 2 for s in shards)
+    assert [s[0].hw for s in shards] == sorted(s[0].hw for s in shards)
+    with pytest.raises(ValueError, match=">= 1"):
+        make_shards(todo, 0)
+    assert auto_shard_size(1000, 2, 8) == 16 and auto_shard_size(8, 2, 8) == 2 and auto_shard_size(1, 4, 8) == 1
+
+
+def test_manifest_hashes_and_reconciliation(tmp_path):
+    make_images(tmp_path / "in", 5)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    cfg, out = tiny_config(), tmp_path / "out"
+    plan = plan_job(cfg, [str(tmp_path / "in")], out)
+    entries = build_manifest(plan, out, cfg.param_hash())
+    lines = manifest_path(out).read_text().splitlines()
+    assert json.loads(lines[0])["param_hash"] == cfg.param_hash() and len(lines) == 7
+    assert {e.planned for e in entries} == {"todo", "failed"}
+    assert all(e.content_hash and len(e.content_hash) == 32 for e in entries)
+    again = build_manifest(plan, out, cfg.param_hash())  # reuses the hashes (same size + mtime)
+    assert [e.content_hash for e in again] == [e.content_hash for e in entries]
+
+    records = list(plan.records)
+    for item in plan.todo[:-1]:
+        (out / item.rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / item.rel).write_bytes(b"x")
+        records.append(ImageRecord(item.path, item.rel, "done", output=item.output))
+    result = reconcile(entries, records)
+    assert not result["ok"] and [u["rel"] for u in result["unaccounted"]] == [plan.todo[-1].rel]
+    assert result["failed"] == 1 and result["done"] == 4
+    report = RunReport({}, out)
+    for r in records:
+        report.add(r)
+    assert ClusterResult(report, result).exit_code == 1
+    records.append(ImageRecord(plan.todo[-1].path, plan.todo[-1].rel, "done", output=plan.todo[-1].output))
+    assert reconcile(entries, records)["unaccounted"][0]["why"] == "done but output missing"
+
+
+def test_pool_defaults_from_resources():
+    assert resolve_pool_options(ClusterOptions(), {"CPU": 2}).workers == 1
+    assert resolve_pool_options(ClusterOptions(), {"CPU": 16}).workers == 8
+    gpu = resolve_pool_options(ClusterOptions(), {"CPU": 16, "GPU": 4})
+    assert (gpu.workers, gpu.gpus_per_worker) == (4, 1.0)
+    assert resolve_pool_options(ClusterOptions(gpus_per_worker=0.5), {"CPU": 8, "GPU": 2}).workers == 4
+    with pytest.raises(ValueError, match="valid: 0"):
+        resolve_pool_options(ClusterOptions(gpus_per_worker=1), {"CPU": 2})
+    with pytest.raises(ValueError, match="valid: --workers <= 2"):
+        resolve_pool_options(ClusterOptions(workers=3, gpus_per_worker=1), {"CPU": 8, "GPU": 2})
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        resolve_pool_options(ClusterOptions(workers=0), {"CPU": 8})
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["run", *argv])
+
+
+def test_cli_job_file(tmp_path):
+    job = tmp_path / "jobs" / "night.toml"
+    job.parent.mkdir()
+    job.write_text('inputs = ["../photos"]\noutput = "../dreams"\nmodel = "googlenet"\nrandom-weights = true\n'
+                   'iterations = 3\n')
+    args = _parse([str(job), "--iterations", "1", "--workers", "2", "--retries", "1"])
+    cfg, inputs, output = resolve_job(args)
+    assert inputs == [str(job.parent / "../photos")] and output == str(job.parent / "../dreams")
+    assert (cfg.model, cfg.random_weights, cfg.iterations) == ("googlenet", True, 1)  # flags win over the file
+    assert (args.workers, args.retries, args.address, args.gpus_per_worker) == (2, 1, None, None)
+    cfg, inputs, output = resolve_job(_parse(["a.png", "-o", "x", "--config", str(job)]))
+    assert inputs == ["a.png"] and output == "x" and cfg.iterations == 3
+    job.write_text('inputs = ["p"]\nmodel = "googlenet"\n')
+    with pytest.raises(ValueError, match="no output folder"):
+        resolve_job(_parse([str(job)]))
+    with pytest.raises(ValueError, match="job file .* not found"):
+        resolve_job(_parse([str(tmp_path / "missing.toml")]))
+    job.write_text('inputs = ["p"]\noutput = "o"\nmodle = "googlenet"\n')
+    with pytest.raises(ValueError, match="valid:"):
+        resolve_job(_parse([str(job)]))
+
+
+def test_second_run_refused_while_locked(tmp_path):
+    make_images(tmp_path / "in", 2)
+    with OutputLock(tmp_path / "out"):
+        with pytest.raises(JobLocked, match="another dreamfleet run"):
+            run_cluster_job(tiny_config(), [str(tmp_path / "in")], tmp_path / "out", None)
+
+
+def test_progress_logs_without_tty(caplog):
+    bar = Progress(3, enabled=False, log_every=0.0, stream=io.StringIO())
+    bar.add("w0", "done")
+    bar.add("w1", "failed")
+    bar.retried()
+    with caplog.at_level(logging.INFO, logger="dreamfleet.cluster.progress"):
+        bar.tick()
+    assert "2/3 images: 1 done, 1 failed, 1 retries" in caplog.text and "w0:1" in caplog.text
+    tty = io.StringIO()
+    bar = Progress(1, enabled=True, stream=tty)
+    bar.add("w0", "done")
+    bar.close()
+    assert "1/1 images" in tty.getvalue() and tty.getvalue().endswith("\n")
+
+
+def test_contact_sheet(tmp_path):
+    from PIL import Image
+
+    paths = make_images(tmp_path / "in", 5)
+    recs = [ImageRecord(str(p), p.name, "done", output=str(p)) for p in paths]
+    recs.append(ImageRecord("gone.png", "gone.png", "failed"))
+    sheet = make_contact_sheet(recs, tmp_path / "sheet.png", limit=4, thumb=32, columns=2)
+    with Image.open(sheet) as im:
+        assert im.size == (2 * (2 * 32 + 12), 2 * (32 + 8))
+    assert make_contact_sheet(recs[-1:], tmp_path / "none.png") is None
+    with pytest.raises(ValueError, match="limit >= 1"):
+        make_contact_sheet(recs, tmp_path / "x.png", limit=0)
+
+
+def test_shard_function_runs_in_process_and_poison_is_caught(tmp_path):
+    from dreamfleet.cluster.testing import poison_backend
+    from dreamfleet.cluster.worker import process_shard
+    from dreamfleet.engine.runner import DreamRunner
+
+    make_images(tmp_path / "in", 4, poison={2})
+    cfg, out = tiny_config(batch_size=4), tmp_path / "out"
+    plan = plan_job(cfg, [str(tmp_path / "in")], out)
+    runner = DreamRunner(cfg, poison_backend, worker="local")
+    try:
+        result = process_shard(runner, 7, plan.todo, "local")
+    finally:
+        runner.close()
+    status = {r.rel: r.status for r in result.records}
+    assert result.shard_id == 7 and result.seconds > 0
+    assert status == {"img00.png": "done", "img01.png": "done", "img02.png": "failed", "img03.png": "done"}
+    assert "poison image" in [r for r in result.records if r.status == "failed"][0].reason
