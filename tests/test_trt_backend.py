@@ -1,0 +1,159 @@
+"""TensorRT backend: what runs without TensorRT (profiles, cache keys, clear failures) and, on a GPU, parity."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from dreamfleet.engine.build import build_dream_model
+from dreamfleet.engine.config import make_config
+from dreamfleet.engine.octaves import plan_shapes
+from dreamfleet.export import trt_backend
+from dreamfleet.export.trt_backend import TensorRTBackend, engine_cache_key, import_trt, profile_shapes
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def test_one_exact_profile_per_job_shape():
+    shapes = plan_shapes([(64, 96), (64, 96), (64, 96), (80, 80)], batch_size=2, octaves=2, scale=1.4, min_size=32)
+    profiles = profile_shapes(shapes + shapes[:1])  # duplicates collapse
+    assert len(profiles) == len(shapes)
+    for (n, h, w), (mn, opt, mx) in zip(sorted(shapes), profiles):
+        assert mn == opt == mx == (n, 3, h, w)
+    with pytest.raises(ValueError, match="got none"):
+        profile_shapes([])
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        profile_shapes([(2, 64)])
+
+
+def test_engine_cache_key_covers_onnx_shapes_precision_version_gpu():
+    base = dict(onnx_sha="ab" * 32, shapes=[(2, 64, 64), (2, 45, 45)], precision="fp16", trt_version="10.3.0",
+                gpu="NVIDIA H100")
+    key = engine_cache_key(**base)
+    assert key == engine_cache_key(**dict(base, shapes=[(2, 45, 45), (2, 64, 64)]))  # order-free
+    for change in (dict(onnx_sha="cd" * 32), dict(shapes=[(2, 64, 64)]), dict(precision="fp32"),
+                   dict(trt_version="10.4.0"), dict(gpu="NVIDIA A100")):
+        assert engine_cache_key(**dict(base, **change)) != key, change
+    with pytest.raises(ValueError, match="valid: fp32, fp16, bf16"):
+        engine_cache_key(**dict(base, precision="fp64"))
+
+
+def test_missing_tensorrt_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    with pytest.raises(ImportError, match="pip install tensorrt"):
+        import_trt()
+    dm = build_dream_model("vgg16", "features.3", random_weights=True)
+    cfg = make_config(overrides=dict(model="vgg16", layer="features.3", backend="tensorrt", random_weights=True))
+    with pytest.raises(ImportError, match="TensorRT 10"):
+        TensorRTBackend.from_config(dm, cfg, torch.device("cpu"))
+    with pytest.raises(ValueError, match="valid: fp32, fp16, bf16"):
+        TensorRTBackend.from_config(dm, make_config(overrides=dict(precision="fp64")), torch.device("cpu"))
+
+
+def test_needs_a_cuda_device():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        trt_backend.check_device(torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT 10 and CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engine_matches_torch(precision, tmp_path, monkeypatch):
+    from dreamfleet.engine.step import objective_and_grad
+    from dreamfleet.export.onnx_export import compare
+
+    monkeypatch.setenv("DREAMFLEET_CACHE", str(tmp_path))
+    dm = build_dream_model("bvlc_googlenet", "inception3b")
+    cfg = make_config(overrides=dict(model="bvlc_googlenet", layer="inception3b", backend="tensorrt",
+                                     precision=precision, device="cuda"))
+    be = TensorRTBackend.from_config(dm, cfg, torch.device("cuda"))
+    be.prepare([(2, 64, 72), (2, 45, 51)])
+    for h, w in ((64, 72), (45, 51)):
+        x = torch.randn(2, 3, h, w, device="cuda")
+        fig = compare(*be.step(x), *objective_and_grad(dm.module.cuda(), x))
+        limit = (1e-3, 0.9999) if precision == "fp32" else (5e-2, 0.999)
+        assert fig["rel_l2"] < limit[0] and fig["cosine"] > limit[1], fig
+    with pytest.raises(ValueError, match="not prepared"):
+        be.step(torch.randn(1, 3, 64, 64, device="cuda"))
+    assert list((tmp_path / "trt").glob("*.engine"))
+
+
+class _FakeTRT:
+    """Just enough of TensorRT 10's Python API to record what build_engine asks for."""
+
+    __version__ = "10.0.1"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    class MemoryPoolType:
+        WORKSPACE = 0
+
+    def __init__(self):
+        self.calls: dict = {"profiles": []}
+        fake = self
+
+        class Profile:
+            def set_shape(self, name, mn, opt, mx):
+                fake.calls["profiles"].append((name, tuple(mn), tuple(opt), tuple(mx)))
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls["workspace"] = size
+
+            def add_optimization_profile(self, profile):
+                fake.calls.setdefault("added", 0)
+                fake.calls["added"] += 1
+
+            def set_flag(self, flag):  # a strongly typed build must never set FP16/BF16 flags
+                raise AssertionError("precision flags set on a strongly typed network")
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls["flags"] = flags
+                return "network"
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"serialized-engine"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls["parsed"] = path
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def test_build_engine_is_strongly_typed_with_one_profile_per_shape(monkeypatch, tmp_path):
+    fake = _FakeTRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    shapes = [(2, 64, 72), (2, 45, 51), (1, 64, 72)]
+    blob = trt_backend.build_engine(tmp_path / "g.onnx", shapes)
+    assert blob == b"serialized-engine"
+    assert fake.calls["flags"] == 1 << 5  # STRONGLY_TYPED: types (and precision) come from the graph
+    assert fake.calls["added"] == 3
+    assert fake.calls["profiles"] == [("x", (n, 3, h, w), (n, 3, h, w), (n, 3, h, w)) for n, h, w in sorted(shapes)]
