@@ -1,0 +1,73 @@
+"""The ``dreamfleet bench`` subcommand (auto-registered by ``dreamfleet.cli``) and its handler.
+
+``dreamfleet bench`` runs the CPU-sized ``quick`` profile; ``--full`` runs the standard
+job. Rows go to ``benchmarks/results/<device>[_full].jsonl``; the table is printed and
+written to ``results/latest.md``, the chart to ``results/chart.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _backends(text: str) -> tuple[str, ...]:
+    from .profiles import ALL_BACKENDS
+
+    names = tuple(b.strip() for b in text.split(",") if b.strip())
+    bad = [b for b in names if b not in ALL_BACKENDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {bad or text!r}; valid: {', '.join(ALL_BACKENDS)}")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .profiles import PROFILES
+
+    p.add_argument("--full", action="store_true", help="the standard job: 3 octaves x 1.4 from 512 px, 10 iterations "
+                   "(same as --profile full; hours on a 2-core CPU, minutes on a GPU)")
+    p.add_argument("--profile", choices=PROFILES, default=None, help="case matrix (default: quick)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: benchmarks/results)")
+    p.add_argument("--backends", type=_backends, default=None, metavar="A,B",
+                   help="backends to measure, of eager,compile,onnxruntime,tensorrt "
+                        "(default: quick on CPU skips compile; full runs all that are installed)")
+    p.add_argument("--only", default=None, metavar="TEXT", help="only cases whose key contains TEXT, e.g. 'googlenet'")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per case; the median is reported")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per case")
+    p.add_argument("--no-chart", dest="chart", action="store_false", help="skip chart.png")
+    p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
+
+
+def handle(args: argparse.Namespace) -> int:
+    from . import report
+    from .run import RESULTS_DIR, run_benchmarks
+
+    if args.full and args.profile not in (None, "full"):
+        raise ValueError(f"--full conflicts with --profile {args.profile}; valid: --full or --profile full")
+    out = args.out or RESULTS_DIR
+    for noisy in ("onnx_ir", "onnxscript", "torch._dynamo", "torch._inductor"):  # per-pass INFO lines drown the run
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.report_only:
+        table = report.write_table(out)
+        if args.chart:
+            report.write_chart(out)
+        print(table.read_text())
+        return 0
+    profile = "full" if args.full else (args.profile or "quick")
+    rows = run_benchmarks(profile, args.device, out, args.backends, args.only, args.repeats, args.warmup, args.chart)
+    print(report.write_table(out).read_text())
+    failed = [r for r in rows if r["status"] == "failed"]
+    for r in failed:
+        log.error("%s failed: %s", r["case"], r["reason"])
+    return 1 if failed else 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="benchmark images/s against the seed baseline and the FLOP limit",
+                              description="Measure images/s, ms per step, memory and achieved TFLOP/s; write JSON "
+                                          "rows, latest.md and chart.png to benchmarks/results/.")
+    add_arguments(p)
+    p.set_defaults(func=handle)
+    return p
