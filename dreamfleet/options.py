@@ -74,6 +74,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", default=None, help="redo outputs that exist (default: skip them)")
     g = p.add_argument_group("execution")
     opt("--batch-size", "batch_size", "images per forward/backward", type=int)
+    opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",
+        type=int)
     opt("--seed", "seed", "job seed; each image's jitter stream derives from it and the image's path", type=int)
     opt("--precision", "precision", "fp16 only on CUDA", choices=PRECISIONS)
     opt("--backend", "backend", "gradient backend", choices=BACKENDS)

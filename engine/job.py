@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .config import DreamConfig, config_to_dict
 from .imageio import ImageLoadError, probe_size
 from .inputs import clean_stale_temporaries, discover, output_path
@@ -134,6 +136,8 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_fa
         log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),
                   report.counts()["skipped"], report.counts()["failed"], plan.shapes)
         if plan.todo:
+            if cfg.threads:
+                torch.set_num_threads(cfg.threads)
             runner = DreamRunner(cfg, backend_factory)
             report.extra["backend"] = runner.backend.describe()
             report.extra["weights"] = runner.dm.weights_info
