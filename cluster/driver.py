@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamfleet.engine.config import DreamConfig, config_to_dict
-from dreamfleet.engine.inputs import clean_stale_temporaries
-from dreamfleet.engine.job import OutputLock, check_job_file, plan_job
+from dreamfleet.engine.config import DreamConfig
+from dreamfleet.engine.job import prepared_job
 from dreamfleet.engine.report import RunReport
 from dreamfleet.engine.runner import BackendFactory
 
@@ -91,21 +90,9 @@ def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, ba
     """Dream every input into ``out_dir`` on a Ray actor pool; writes and returns the report."""
     opts = opts or ClusterOptions()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = RunReport(config_to_dict(cfg), out_dir, command="run")
     started = time.time()
-    with OutputLock(out_dir):
-        stale = clean_stale_temporaries(out_dir)
-        if stale:
-            log.info("removed %d stale temporary files left by an earlier run", stale)
-        check_job_file(out_dir, cfg)
-        plan = plan_job(cfg, inputs, out_dir)
+    with prepared_job(cfg, inputs, out_dir, command="run") as (report, plan):
         entries = build_manifest(plan, out_dir, cfg.param_hash())
-        for rec in plan.records:
-            report.add(rec)
-        log.info("%d to dream, %d skipped, %d failed at planning", len(plan.todo), report.counts()["skipped"],
-                 report.counts()["failed"])
-        report.extra["stale_temporaries_removed"] = stale
         if plan.todo:
             _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started)
         rec_summary = reconcile(entries, report.records)

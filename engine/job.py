@@ -7,6 +7,7 @@ file keeps two runs from writing the same folder at once.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -119,22 +120,33 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:
     return plan
 
 
-def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_factory: BackendFactory,
-            progress: bool | None = None) -> RunReport:
-    """Dream every input into ``out_dir``; writes and returns the run report."""
-    out_dir = Path(out_dir)
+@contextlib.contextmanager
+def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path, command: str = "dream"):
+    """Lock ``out_dir``, remove stale temporaries, check the parameters, plan; yields (report, plan).
+
+    The lock is held for the whole ``with`` block; planning records (skipped, failed) are already
+    in the report. Both the in-process job and the cluster driver start this way.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = RunReport(config_to_dict(cfg), out_dir)
+    report = RunReport(config_to_dict(cfg), out_dir, command)
     with OutputLock(out_dir):
         stale = clean_stale_temporaries(out_dir)
         if stale:
-            log.info("removed %d stale temporary files", stale)
+            log.info("removed %d stale temporary files left by an earlier run", stale)
+        report.extra["stale_temporaries_removed"] = stale
         check_job_file(out_dir, cfg)
         plan = plan_job(cfg, inputs, out_dir)
         for rec in plan.records:
             report.add(rec)
         log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),
-                  report.counts()["skipped"], report.counts()["failed"], plan.shapes)
+                 report.counts()["skipped"], report.counts()["failed"], plan.shapes)
+        yield report, plan
+
+
+def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_factory: BackendFactory,
+            progress: bool | None = None) -> RunReport:
+    """Dream every input into ``out_dir``; writes and returns the run report."""
+    with prepared_job(cfg, inputs, Path(out_dir)) as (report, plan):
         if plan.todo:
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)
