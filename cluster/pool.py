@@ -32,7 +32,6 @@ from .worker import DreamWorker, ShardResult
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_PREFIXES = ("dream failed", "cannot write output")  # engine failure reasons worth another try
 MAX_START_FAILURES = 3  # consecutive actor start failures before a slot is given up
 
 
@@ -256,7 +255,7 @@ class WorkerPool:
         w["shards"] += 1
         w["busy_seconds"] += result.seconds
         for rec in result.records:
-            if rec.status == "failed" and (rec.reason or "").startswith(RETRYABLE_PREFIXES):
+            if rec.status == "failed" and rec.retryable:
                 self._charge(self.items_by_rel[rec.rel], rec.reason, rec)
                 continue
             w[rec.status] = w.get(rec.status, 0) + 1

@@ -25,6 +25,7 @@ class ImageRecord:
     timings: dict = field(default_factory=dict)  # seconds: load, dream (per image share of its batch), save
     worker: str | None = None
     attempts: int = 1
+    retryable: bool = False  # failed in the model or on write (worth another try), not an unreadable input
 
 
 def environment() -> dict:

@@ -114,14 +114,14 @@ class DreamRunner:
             timings = {"load": round(load_s[item.rel], 4), "dream": round(dream_s, 4)}
             if out is None:
                 emit(ImageRecord(item.path, item.rel, "failed", reason=reason, shape=list(item.hw), timings=timings,
-                                 worker=self.worker))
+                                 worker=self.worker, retryable=True))
                 continue
             t1 = time.perf_counter()
             try:
                 save_image(Path(item.output), out.permute(1, 2, 0).numpy(), alpha, dict(self.metadata, input=item.rel))
             except Exception as exc:  # disk full, permissions
                 emit(ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
-                                 shape=list(item.hw), timings=timings, worker=self.worker))
+                                 shape=list(item.hw), timings=timings, worker=self.worker, retryable=True))
                 continue
             timings["save"] = round(time.perf_counter() - t1, 4)
             emit(ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw), timings=timings,

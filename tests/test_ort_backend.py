@@ -19,6 +19,7 @@ from dreamfleet.export.ort_backend import OnnxRuntimeBackend, providers_for
 def test_step_matches_autograd_and_images_are_independent(request, tmp_path_factory):
     dm, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
     cfg = make_config(overrides=dict(model="bvlc_googlenet", backend="onnxruntime", onnx=str(path), device="cpu"))
+    torch.manual_seed(0)  # inputs independent of which tests ran before
     x = torch.randn(3, 3, 64, 80)  # [N,3,H,W]
     with OnnxRuntimeBackend.from_config(dm, cfg, torch.device("cpu")) as be:
         assert be.describe()["providers"] == ["CPUExecutionProvider"]
@@ -28,7 +29,8 @@ def test_step_matches_autograd_and_images_are_independent(request, tmp_path_fact
         fig = compare(obj, grad, ref_obj, ref_grad)
         assert fig["rel_l2"] < 1e-4 and fig["cosine"] > 0.99999, fig
         _, g1 = be.step(x[1:2])  # one image alone == its slice of the batch
-        torch.testing.assert_close(g1, grad[1:2], rtol=1e-4, atol=1e-9)
+        # relative L2, not elementwise: an fp32 max-pool near-tie may route one window differently
+        assert (g1 - grad[1:2]).norm() / grad[1:2].norm() < 1e-4
         xs = torch.randn(17, 3, 32, 41)  # N > 16 and the model's 32 px minimum: far from the traced 2x83x91
         fig = compare(*be.step(xs), *objective_and_grad(dm.module, xs))
         assert fig["rel_l2"] < 1e-3 and fig["cosine"] > 0.9999, fig
@@ -57,7 +59,7 @@ def test_exports_itself_to_the_cache_when_no_file_given(tmp_path, monkeypatch):
     mtime = be.path.stat().st_mtime_ns
     again = OnnxRuntimeBackend.from_config(dm, cfg, torch.device("cpu"))  # second job: cache hit
     assert again.path == be.path and be.path.stat().st_mtime_ns == mtime
-    x = torch.randn(2, 3, 40, 44)
+    x = torch.randn(2, 3, 40, 44, generator=torch.Generator().manual_seed(0))
     fig = compare(*be.step(x), *objective_and_grad(dm.module, x))
     assert fig["rel_l2"] < 1e-4, fig
 
@@ -82,7 +84,7 @@ def test_cuda_io_binding_matches_cpu(request, tmp_path_factory):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu not installed")
     dm, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
-    x = torch.randn(2, 3, 64, 80)
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
     cpu = OnnxRuntimeBackend(path, torch.device("cpu"))
     gpu = OnnxRuntimeBackend(path, torch.device("cuda"))
     _, g_gpu = gpu.step(x.cuda())
