@@ -28,6 +28,7 @@ class ModelSpec:
     truncation: str  # "slice" (nn.Sequential prefix of `features`) or "fx"
     tv_weights: str | None = None  # torchvision weights enum, e.g. "VGG16_Weights.IMAGENET1K_V1"
     vendored: str | None = None  # file name under engine/weights/
+    vendored_sha256: str | None = None  # checked before the vendored file is loaded
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     description: str = ""
@@ -58,6 +59,7 @@ _GOOGLENET_LAYERS = tuple(f"inception{b}" for b in ("3a", "3b", "4a", "4b", "4c"
 _SPECS = (
     ModelSpec(
         "bvlc_googlenet", _bvlc, "inception4c", _GOOGLENET_LAYERS, 32, "fx", vendored="bvlc_googlenet.safetensors",
+        vendored_sha256="8e1ff6c23aca4a8afde137d85f07aa3c6e37ae5678e931b83585448a04fe6e22",
         description="original BVLC GoogLeNet (Caffe zoo), the 2015 DeepDream network; weights vendored",
     ),
     ModelSpec(

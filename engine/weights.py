@@ -68,6 +68,7 @@ def load_weights(spec: ModelSpec, model: nn.Module, weights: str | None = None, 
     if weights:
         sd, origin, source = read_state_dict(weights), str(weights), "file"
     elif spec.vendored:
+        _check_sha256(spec.vendored_path, spec.vendored_sha256)
         sd, origin, source = read_state_dict(spec.vendored_path), spec.vendored, "vendored"
     elif spec.tv_weights:
         sd, origin = _torchvision_state_dict(spec)
@@ -82,6 +83,19 @@ def load_weights(spec: ModelSpec, model: nn.Module, weights: str | None = None, 
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     return {"source": source, "path": origin}
+
+
+def _check_sha256(path: Path, expected: str | None) -> None:
+    """Refuse a vendored file that is not the one the registry names (a Git LFS pointer, a bad copy)."""
+    if expected is None or not path.is_file():
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != expected:
+        raise WeightsUnavailable(f"{path} has sha256 {h.hexdigest()}, expected {expected}: the vendored weights "
+                                 "file is damaged; restore it from git (git checkout -- engine/weights)")
 
 
 def state_hash(module: nn.Module) -> str:

@@ -134,3 +134,14 @@ def test_vendored_bvlc_googlenet_classifies_samples(samples_dir, photo, label, p
     top = int(p.argmax())
     assert cats[top] == label
     assert np.isclose(float(p[top]), prob, atol=0.03)
+
+
+def test_vendored_weights_checked_by_sha256(tmp_path, monkeypatch):
+    import dataclasses
+
+    bad = tmp_path / "bvlc_googlenet.safetensors"
+    bad.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    spec = dataclasses.replace(get_spec("bvlc_googlenet"))
+    monkeypatch.setattr("dreamfleet.engine.models.WEIGHTS_DIR", tmp_path)
+    with pytest.raises(WeightsUnavailable, match="damaged"):
+        load_weights(spec, spec.builder())
