@@ -64,6 +64,11 @@ class DreamConfig:
     preset: str | None = None
 
     def validate(self) -> "DreamConfig":
+        self._coerce_types()
+        if self.layer is None:  # the same job whether the default layer is named or not
+            from .models import get_spec
+
+            self.layer = get_spec(self.model).default_layer
         _choice("precision", self.precision, PRECISIONS)
         _choice("step_units", self.step_units, STEP_UNITS)
         _choice("grad_norm", self.grad_norm, GRAD_NORMS)
@@ -81,6 +86,26 @@ class DreamConfig:
         self.clamp_range()  # parses
         self.channels = tuple(int(c) for c in self.channels)
         return self
+
+    def _coerce_types(self) -> None:
+        """TOML and Python callers may give 2 for 2.0 or "4" for 4: convert, or say which field is wrong."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "float": float, "bool": bool}.get(str(f.type).split(" |")[0])
+            if kind is None or value is None:
+                continue
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{f.name} must be true or false, got {value!r}")
+                continue
+            try:
+                converted = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{f.name} must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {value!r}") from None
+            if kind is int and isinstance(value, float) and converted != value:
+                raise ValueError(f"{f.name} must be an integer, got {value!r}")
+            setattr(self, f.name, converted)
 
     def clamp_range(self) -> tuple[float, float] | None:
         """None for the pixel range, else (lo, hi) in normalized units."""
@@ -143,6 +168,8 @@ def make_config(preset: str | None = None, file_values: dict | None = None, over
         values.update(PRESETS[preset])
         values["preset"] = preset
     values.update(file_values)
+    if preset is not None:
+        values["preset"] = preset  # the preset that was applied, whatever the file said
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = set(values) - field_names()
     if unknown:

@@ -8,7 +8,6 @@ folder are never taken as inputs.
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -43,6 +42,9 @@ def discover(inputs: list[str], out_dir: Path | None = None) -> tuple[list[Input
     problems: list[tuple[str, str]] = []
     for raw in inputs:
         p = Path(raw)
+        if p.is_dir() and out_dir is not None and _inside(p, out_dir):
+            # the output folder is the input folder, or holds it: its dreams would be skipped as inputs
+            raise ValueError(f"input folder {raw} is inside the output folder {out_dir}; choose another -o")
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and _is_image_name(f) and not _inside(f, out_dir))
             roots.append((p, files, True))
@@ -50,27 +52,55 @@ def discover(inputs: list[str], out_dir: Path | None = None) -> tuple[list[Input
             roots.append((p.parent, [p], False))
         elif glob.has_magic(raw):
             matches = sorted(Path(m) for m in glob.glob(raw, recursive=True) if Path(m).is_file())
-            matches = [m for m in matches if not _inside(m, out_dir)]
+            matches = [m for m in matches if _is_image_name(m) and not _inside(m, out_dir)]
             if not matches:
-                problems.append((raw, "glob matches no file"))
+                problems.append((raw, "glob matches no image file"))
                 continue
-            base = Path(os.path.commonpath([str(m.parent) for m in matches]))
-            roots.append((base, matches, True))
+            roots.append((_glob_base(raw), matches, True))
         else:
             problems.append((raw, "no such file or folder"))
-    several = sum(1 for _, _, tree in roots if tree) > 1
+    prefixes = _root_prefixes([base for base, _, tree in roots if tree])
     items: dict[str, InputItem] = {}
     for base, files, tree in roots:
         for f in files:
             rel = PurePosixPath(f.relative_to(base).as_posix())
-            if several and tree and base.name:
-                rel = PurePosixPath(base.name) / rel
+            if tree and prefixes.get(base):
+                rel = PurePosixPath(prefixes[base]) / rel
             key = str(rel)
             if key in items and items[key].path.resolve() != f.resolve():
                 problems.append((str(f), f"another input already maps to {key!r}"))
                 continue
             items[key] = InputItem(f, key)
     return sorted(items.values(), key=lambda i: i.rel), problems
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard: stable however many files match."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _root_prefixes(bases: list[Path]) -> dict[Path, str]:
+    """With several folder/glob roots, each gets a unique prefix (its name; name-2, name-3 on clashes)."""
+    unique = list(dict.fromkeys(bases))
+    if len(unique) < 2:
+        return {}
+    out: dict[Path, str] = {}
+    used: set[str] = set()
+    for base in unique:
+        name = base.resolve().name or "root"
+        candidate, k = name, 1
+        while candidate in used:
+            k += 1
+            candidate = f"{name}-{k}"
+        used.add(candidate)
+        out[base] = candidate
+    return out
 
 
 def output_path(out_dir: Path, rel: str, output_format: str = "same") -> Path:

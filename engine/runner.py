@@ -81,16 +81,17 @@ class DreamRunner:
             out = dream_tensor(self.backend, x.to(self.device, self.dtype), self.cfg, self.dm.spec, keys)
             return [(o.float().cpu(), None) for o in out]
         except Exception as exc:  # a poison image, OOM, a backend error
-            if is_oom(exc) and self.device.type == "cuda":
-                torch.cuda.empty_cache()
-                hw = tuple(x.shape[-2:])
-                self.batch_limit[hw] = max(1, x.shape[0] // 2)
-            if x.shape[0] == 1:
-                log.warning("dream failed for %s: %s", keys[0], exc)
-                return [(None, f"dream failed: {type(exc).__name__}: {exc}")]
-            half = x.shape[0] // 2
-            log.warning("batch of %d failed (%s); retrying as %d + %d", x.shape[0], exc, half, x.shape[0] - half)
-            return self._dream(x[:half], keys[:half]) + self._dream(x[half:], keys[half:])
+            reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
+        # retried outside the except block: its traceback would keep the failed batch's tensors alive
+        if oom and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            self.batch_limit[tuple(x.shape[-2:])] = max(1, x.shape[0] // 2)
+        if x.shape[0] == 1:
+            log.warning("dream failed for %s: %s", keys[0], reason)
+            return [(None, f"dream failed: {reason}")]
+        half = x.shape[0] // 2
+        log.warning("batch of %d failed (%s); retrying as %d + %d", x.shape[0], reason, half, x.shape[0] - half)
+        return self._dream(x[:half], keys[:half]) + self._dream(x[half:], keys[half:])
 
     def _run_batch(self, batch: list[WorkItem], emit: Callable[[ImageRecord], None]) -> None:
         tensors, alphas, ok, load_s = [], [], [], {}

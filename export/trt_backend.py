@@ -1,8 +1,9 @@
-"""TensorRT backend: an engine built from the gradient ONNX file, one optimization profile per job shape.
+"""TensorRT backend: an engine built from the gradient ONNX file, one optimization profile per job size.
 
-``prepare(shapes)`` builds (or loads from the disk cache) one engine whose optimization
-profiles are exactly the job's (N, H, W) shapes (min = opt = max, so every shape gets
-kernels tuned for it); ``step`` picks the profile for x's shape and runs
+``prepare(shapes)`` builds (or loads from the disk cache) one engine with one optimization
+profile per (H, W) the job runs: H and W exact, N from 1 to the largest planned batch (opt =
+that batch, so the common shape gets kernels tuned for it, and the smaller remainder batches
+still run); ``step`` picks the profile for x's size and runs
 ``execute_async_v3`` on torch's current CUDA stream with torch-owned buffers.
 
 Precision guard: the network is created STRONGLY_TYPED, so TensorRT keeps every tensor in
@@ -53,17 +54,21 @@ def check_device(device: torch.device) -> None:
 
 
 def profile_shapes(shapes: list[tuple[int, int, int]]) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """One (min, opt, max) input shape per distinct job shape (N, H, W), sorted: x[N,3,H,W] exactly."""
+    """One (min, opt, max) profile per distinct image size (H, W) of the job, sorted.
+
+    H and W are exact; N runs from 1 to the largest batch planned for that size (opt = that
+    largest batch), because real batches also come smaller: a bucket's last batch, an image
+    that failed to load, a failing batch split in halves, a cluster shard's remainder.
+    """
     if not shapes:
         raise ValueError("tensorrt needs the job's shapes to build profiles; got none (prepare([(N, H, W), ...]))")
-    out = []
-    for shape in sorted({tuple(int(v) for v in s) for s in shapes}):
+    largest: dict[tuple[int, int], int] = {}
+    for shape in {tuple(int(v) for v in s) for s in shapes}:
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shapes are (N, H, W) with positive sizes, got {shape}")
         n, h, w = shape
-        dims = (n, 3, h, w)
-        out.append((dims, dims, dims))
-    return out
+        largest[(h, w)] = max(n, largest.get((h, w), 0))
+    return [((1, 3, h, w), (n, 3, h, w), (n, 3, h, w)) for (h, w), n in sorted(largest.items())]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -131,7 +136,7 @@ class TensorRTBackend(Backend):
                              f"their precision from the graph)")
         self.device, self.dtype = torch.device(device), torch.float32
         self.engine = self.context = None
-        self.profiles: dict[tuple[int, int, int], int] = {}
+        self.profiles: dict[tuple[int, int], tuple[int, int]] = {}  # (H, W) -> (profile index, max N)
         self.current_profile: int | None = None
 
     @classmethod
@@ -167,7 +172,7 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not deserialize {path}; delete it to rebuild")
         self.context = self.engine.create_execution_context()
-        self.profiles = {(mn[0], mn[2], mn[3]): i for i, (mn, _, _) in enumerate(profiles)}
+        self.profiles = {(mx[2], mx[3]): (i, mx[0]) for i, (_, _, mx) in enumerate(profiles)}  # (H, W) -> (index, max N)
         self.current_profile = None
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,9 +180,10 @@ class TensorRTBackend(Backend):
         n, c, h, w = x.shape
         if self.context is None:
             raise RuntimeError("call prepare(shapes) before step(): the engine is built from the job's shapes")
-        index = self.profiles.get((n, h, w))
-        if index is None:
-            raise ValueError(f"shape {(n, h, w)} was not prepared; prepared (N, H, W): {sorted(self.profiles)}")
+        index, n_max = self.profiles.get((h, w), (None, 0))
+        if index is None or n > n_max:
+            prepared = sorted((m, ph, pw) for (ph, pw), (_, m) in self.profiles.items())
+            raise ValueError(f"shape {(n, h, w)} was not prepared; prepared (N<=max, H, W): {prepared}")
         stream = torch.cuda.current_stream(self.device)
         if index != self.current_profile:
             self.context.set_optimization_profile_async(index, stream.cuda_stream)

@@ -39,3 +39,15 @@ def test_param_hash_covers_pixels_only():
     assert a.param_hash() == make_config("classic", overrides={"batch_size": 64, "backend": "compile"}).param_hash()
     assert a.param_hash() != make_config("classic", overrides={"step": 2.0}).param_hash()
     assert a.param_hash() != make_config("classic", overrides={"seed": 1}).param_hash()
+
+
+def test_types_coerced_default_layer_named_and_preset_recorded():
+    assert make_config().param_hash() == make_config("classic").param_hash()  # defaults equal classic
+    assert make_config(overrides={"step": 2}).param_hash() == make_config(overrides={"step": 2.0}).param_hash()
+    assert make_config(overrides={"octaves": "3"}).octaves == 3
+    for bad, match in (({"octaves": "x"}, "octaves must be an integer"), ({"batch_size": 2.5}, "batch_size"),
+                       ({"overwrite": "yes"}, "true or false")):
+        with pytest.raises(ValueError, match=match):
+            make_config(overrides=bad)
+    cfg = make_config("seed", {"preset": "classic"})
+    assert cfg.preset == "seed" and cfg.model == "vgg16"

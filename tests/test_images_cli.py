@@ -166,3 +166,27 @@ def test_config_file_and_flags(tmp_path, capsys):
     params = read_metadata(out / "a.png")["params"]
     assert params["iterations"] == 2 and params["step"] == 2.0 and params["octaves"] == 1
     assert params["model"] == "bvlc_googlenet"
+
+
+def test_glob_base_is_stable_and_roots_with_one_name_stay_apart(tmp_path):
+    (tmp_path / "photos" / "2024").mkdir(parents=True)
+    Image.fromarray(random_rgb(32, 32)).save(tmp_path / "photos" / "2024" / "a.jpg")
+    (tmp_path / "photos" / "2024" / "notes.txt").write_text("not an image")
+    pattern = str(tmp_path / "photos" / "**" / "*")
+    items, problems = discover([pattern])
+    assert [i.rel for i in items] == ["2024/a.jpg"] and not problems  # the text file is not an input
+    (tmp_path / "photos" / "2025").mkdir()
+    Image.fromarray(random_rgb(32, 32)).save(tmp_path / "photos" / "2025" / "b.jpg")
+    items, _ = discover([pattern])
+    assert [i.rel for i in items] == ["2024/a.jpg", "2025/b.jpg"]  # earlier paths unchanged
+    for d in ("x/photos", "y/photos"):
+        (tmp_path / d).mkdir(parents=True)
+        Image.fromarray(random_rgb(32, 32)).save(tmp_path / d / "c.png")
+    items, problems = discover([str(tmp_path / "x" / "photos"), str(tmp_path / "y" / "photos")])
+    assert [i.rel for i in items] == ["photos-2/c.png", "photos/c.png"] and not problems
+
+
+def test_output_folder_holding_the_inputs_is_refused(tmp_path, capsys):
+    Image.fromarray(random_rgb(40, 40)).save(tmp_path / "a.png")
+    assert main(["dream", str(tmp_path), "-o", str(tmp_path), *FAST]) == 2
+    assert "inside the output folder" in capsys.readouterr().err

@@ -16,12 +16,15 @@ from dreamfleet.export.trt_backend import TensorRTBackend, engine_cache_key, imp
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
-def test_one_exact_profile_per_job_shape():
+def test_one_profile_per_job_size_batches_up_to_the_largest():
     shapes = plan_shapes([(64, 96), (64, 96), (64, 96), (80, 80)], batch_size=2, octaves=2, scale=1.4, min_size=32)
     profiles = profile_shapes(shapes + shapes[:1])  # duplicates collapse
-    assert len(profiles) == len(shapes)
-    for (n, h, w), (mn, opt, mx) in zip(sorted(shapes), profiles):
-        assert mn == opt == mx == (n, 3, h, w)
+    sizes = sorted({(h, w) for _, h, w in shapes})
+    assert len(profiles) == len(sizes)
+    for (h, w), (mn, opt, mx) in zip(sizes, profiles):
+        n_max = max(n for n, sh, sw in shapes if (sh, sw) == (h, w))
+        assert mn == (1, 3, h, w) and opt == mx == (n_max, 3, h, w)
+    assert {p[2][0] for p in profiles} == {1, 2}  # 80x80 only ever runs N=1; 64x96 runs up to 2
     with pytest.raises(ValueError, match="got none"):
         profile_shapes([])
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
@@ -155,5 +158,6 @@ def test_build_engine_is_strongly_typed_with_one_profile_per_shape(monkeypatch, 
     blob = trt_backend.build_engine(tmp_path / "g.onnx", shapes)
     assert blob == b"serialized-engine"
     assert fake.calls["flags"] == 1 << 5  # STRONGLY_TYPED: types (and precision) come from the graph
-    assert fake.calls["added"] == 3
-    assert fake.calls["profiles"] == [("x", (n, 3, h, w), (n, 3, h, w), (n, 3, h, w)) for n, h, w in sorted(shapes)]
+    assert fake.calls["added"] == 2  # one profile per (H, W); N from 1 to the largest batch
+    assert fake.calls["profiles"] == [("x", (1, 3, 45, 51), (2, 3, 45, 51), (2, 3, 45, 51)),
+                                      ("x", (1, 3, 64, 72), (2, 3, 64, 72), (2, 3, 64, 72))]
