@@ -1,9 +1,10 @@
 """Which files a job reads and where each result goes.
 
 Inputs are files, folders (recursive) and globs. Each input gets a relative path that its
-output mirrors under the output folder; with several roots, each root's name prefixes its
-files. Output paths are checked never to leave the output folder. Files inside the output
-folder are never taken as inputs.
+output mirrors under the output folder; with several roots, each root's name (made unique)
+prefixes its files; a glob's files are relative to the folder before its first wildcard.
+Output paths are checked never to leave the output folder. Files inside the output folder
+are never taken as inputs, and an input folder inside the output folder is refused.
 """
 from __future__ import annotations
 
