@@ -23,8 +23,10 @@ from .build import DreamModel, build_dream_model
 from .config import DreamConfig
 from .imageio import ImageLoadError, load_image, save_image
 from .loop import dream_tensor
+from .models import get_spec
 from .report import ImageRecord
 from .sizing import to_tensor, working_size
+from .space import ImageSpace
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,12 @@ class DreamRunner:
                          "weights": self.dm.weights_info}
 
     def _load_guide(self) -> torch.Tensor:
-        from .models import get_spec
-
-        spec = get_spec(self.cfg.model)
+        """The guide image at its working size, in the model's normalized space: [1,3,H,W]."""
         img = load_image(Path(self.cfg.guide), self.cfg.max_pixels)
         h, w = img.rgb.shape[:2]
-        x = to_tensor(img.rgb, working_size(w, h, self.cfg))[None]  # [1,3,H,W]
-        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        x = to_tensor(img.rgb, working_size(w, h, self.cfg))[None]  # [1,3,H,W] pixels
+        space = ImageSpace.create(get_spec(self.cfg.model), self.cfg, torch.device("cpu"), torch.float32)
+        return space.to_model(x)
 
     def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
         self.backend.prepare(shapes)
