@@ -78,6 +78,7 @@ class DreamRunner:
         """x[N,3,H,W] -> per image (result[3,H,W] or None, failure reason); splits failing batches."""
         try:
             out = dream_tensor(self.backend, x.to(self.device, self.dtype), self.cfg, self.dm.spec, keys)
+            self.backend.synchronize()
             return [(o.float().cpu(), None) for o in out]
         except Exception as exc:  # a poison image, OOM, a backend error
             reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)

@@ -10,6 +10,7 @@ Life cycle (Polygraphy style)::
     with backend:                      # __enter__ -> self, __exit__ -> close()
         backend.prepare(shapes)        # every (N, H, W) the job will run
         obj, grad = backend.step(x)    # x[N,3,H,W] -> obj[N], grad[N,3,H,W]
+        backend.synchronize()          # once per batch, before results go to the host
 """
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ class Backend(abc.ABC):
         The returned tensors live on ``self.device`` with ``x``'s dtype. Each image's
         objective and gradient depend on that image alone (no batch coupling).
         """
+
+    def synchronize(self) -> None:
+        """Wait until the device has finished the work queued so far.
+
+        The runner calls this once per batch, before it reads results on the host; nothing inside
+        the step loop syncs. The default waits for the current CUDA stream when on CUDA.
+        """
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def close(self) -> None:
         """Release sessions, engines and device memory. Safe to call twice."""

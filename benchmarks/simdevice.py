@@ -1,0 +1,64 @@
+"""A simulated device: a backend whose step costs modelled time on a virtual device clock.
+
+Used to measure the *host* side of a job (decode, resize, loop bookkeeping, encode, write)
+against a device of a given speed without owning one. ``step`` returns at once with a
+zero gradient and advances the virtual clock by ``step_seconds(N, H, W)``, as an
+asynchronous GPU queue would; ``synchronize`` (called by the runner once per batch, before
+results go to the host) sleeps until that clock, releasing the GIL like a real device wait.
+``mode="sync"`` sleeps inside every step instead (a device that blocks the host).
+
+Every figure produced with this backend is **simulated**, never a device measurement.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from dreamfleet.engine.backends.base import Backend
+
+StepTime = Callable[[int, int, int], float]  # (N, H, W) -> seconds of device time for one step
+
+
+def per_image_time(seconds_per_image_step: float) -> StepTime:
+    """A device whose step time is proportional to the pixels of the batch (reference: 1 image)."""
+    def step_seconds(n: int, h: int, w: int) -> float:
+        return seconds_per_image_step * n
+    return step_seconds
+
+
+class SimulatedDeviceBackend(Backend):
+    name = "simulated"
+
+    def __init__(self, step_seconds: StepTime, mode: str = "async", label: str = "simulated") -> None:
+        super().__init__()
+        if mode not in ("async", "sync"):
+            raise ValueError(f"unknown simulated device mode {mode!r}; valid: async, sync")
+        self.step_seconds, self.mode, self.label = step_seconds, mode, label
+        self.device_clock = 0.0  # perf_counter time at which the virtual device goes idle
+        self.busy_seconds = 0.0  # total modelled device time
+        self.steps = 0
+        self._zeros: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [N,3,H,W] -> (objective[N], grad[N,3,H,W]) of zeros; only the clock moves
+        n, _, h, w = x.shape
+        cost = self.step_seconds(n, h, w)
+        self.busy_seconds += cost
+        self.steps += 1
+        self.device_clock = max(self.device_clock, time.perf_counter()) + cost
+        if self.mode == "sync":
+            self.synchronize()
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self._zeros:
+            self._zeros[key] = (x.new_zeros(n), torch.zeros_like(x))
+        return self._zeros[key]
+
+    def synchronize(self) -> None:
+        wait = self.device_clock - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)  # releases the GIL, as a real device wait does
+
+    def describe(self) -> dict:
+        return dict(super().describe(), backend=self.name, simulated=self.label, mode=self.mode)
