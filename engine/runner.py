@@ -1,10 +1,16 @@
 """The per-shard work: dream a list of work items in same-shape batches and write the results.
 
 ``DreamRunner.process`` is the one plain function that the in-process job and the Ray
-workers both call. It never raises for a bad image: a file that can't be read, or a batch
-that fails in the model, becomes failure records (a failing batch is split in halves and
-retried, so one poison image does not take its neighbours down; CUDA out-of-memory also
-halves that bucket's batch size for the rest of the run).
+workers both call. It never raises for a bad image: a file that can't be read, a batch
+that fails in the model, or an output that can't be written becomes a failure record (a
+failing batch is split in halves and retried, so one poison image does not take its
+neighbours down; CUDA out-of-memory also halves that bucket's batch size for the rest of
+the run).
+
+It is an overlapped pipeline (``engine.pipeline``): decode threads load and resize the
+next batches (``load_working_image``), the calling thread only steps the device, and
+writer threads encode and write finished images (``write_output``). Both are bounded;
+records are emitted on the calling thread, in order, once an image is written.
 """
 from __future__ import annotations
 
@@ -17,13 +23,15 @@ from typing import Callable
 
 import torch
 
+from .atomic import atomic_write
 from .backends.base import Backend
 from .backends.eager import loop_dtype, resolve_device
 from .build import DreamModel, build_dream_model
 from .config import DreamConfig
-from .imageio import ImageLoadError, load_image, save_image
+from .imageio import ImageLoadError, WorkingImage, encode_image, load_image, load_working_image
 from .loop import dream_tensor
 from .models import get_spec
+from .pipeline import StageTimes, Window, make_executor, resolve_io_threads
 from .report import ImageRecord
 from .sizing import to_tensor, working_size
 from .space import ImageSpace
@@ -48,8 +56,12 @@ def is_oom(exc: BaseException) -> bool:
 class DreamRunner:
     """Builds the dream model and backend once; then processes any number of work-item lists."""
 
-    def __init__(self, cfg: DreamConfig, backend_factory: BackendFactory, worker: str | None = None) -> None:
+    def __init__(self, cfg: DreamConfig, backend_factory: BackendFactory, worker: str | None = None,
+                 cpu_budget: int = 0) -> None:
         self.cfg, self.worker = cfg, worker
+        self.io_threads = resolve_io_threads(cfg.io_threads, cpu_budget)  # per pool; -1: inline
+        self.stages = StageTimes()
+        self._pools: tuple | None = None  # (decode, write) executors, made on first use
         self.device = resolve_device(cfg.device)
         guide = self._load_guide() if cfg.guide else None
         self.dm = build_dream_model(cfg.model, cfg.layer, cfg.objective, cfg.channels, cfg.weights,
@@ -72,14 +84,29 @@ class DreamRunner:
         self.backend.prepare(shapes)
 
     def close(self) -> None:
+        if self._pools is not None:
+            for pool in self._pools:
+                pool.shutdown(wait=True)
+            self._pools = None
         self.backend.close()
+
+    def pools(self) -> tuple:
+        if self._pools is None:
+            self._pools = (make_executor(self.io_threads, "decode"), make_executor(self.io_threads, "write"))
+        return self._pools
 
     def _dream(self, x: torch.Tensor, keys: list[str]) -> list[tuple[torch.Tensor | None, str | None]]:
         """x[N,3,H,W] -> per image (result[3,H,W] or None, failure reason); splits failing batches."""
         try:
+            t0 = time.perf_counter()
             out = dream_tensor(self.backend, x.to(self.device, self.dtype), self.cfg, self.dm.spec, keys)
-            self.backend.synchronize()
-            return [(o.float().cpu(), None) for o in out]
+            t1 = time.perf_counter()
+            self.backend.synchronize()  # the one wait on the device per batch
+            t2 = time.perf_counter()
+            host = out.float().cpu()  # [N,3,H,W]
+            self.stages.add("loop", t1 - t0 + time.perf_counter() - t2, len(keys))
+            self.stages.add("device_wait", t2 - t1, len(keys))
+            return [(o, None) for o in host]
         except Exception as exc:  # a poison image, OOM, a backend error
             reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
         # retried outside the except block: its traceback would keep the failed batch's tensors alive
@@ -93,40 +120,66 @@ class DreamRunner:
         log.warning("batch of %d failed (%s); retrying as %d + %d", x.shape[0], reason, half, x.shape[0] - half)
         return self._dream(x[:half], keys[:half]) + self._dream(x[half:], keys[half:])
 
-    def _run_batch(self, batch: list[WorkItem], emit: Callable[[ImageRecord], None]) -> None:
+    def load_input(self, item: WorkItem) -> WorkingImage | ImageLoadError:
+        """Decode thread: ``item`` at its working size, or the reason it can't be read."""
+        try:
+            img = load_working_image(item.path, item.hw, self.cfg.max_pixels)
+        except ImageLoadError as exc:
+            return exc
+        except Exception as exc:  # never let a decode thread take the job down
+            return ImageLoadError(f"cannot decode: {type(exc).__name__}: {exc}")
+        self.stages.add("decode", img.seconds["decode"])
+        self.stages.add("resize", img.seconds["resize"])
+        return img
+
+    def write_output(self, item: WorkItem, out: torch.Tensor, alpha, timings: dict) -> ImageRecord:
+        """Writer thread: encode ``out`` [3,H,W] and write it atomically (fsync here, off the device thread)."""
+        t0 = time.perf_counter()
+        try:
+            data = encode_image(Path(item.output), out.permute(1, 2, 0).numpy(), alpha,
+                                dict(self.metadata, input=item.rel))
+            t1 = time.perf_counter()
+            atomic_write(item.output, data, fsync=True)
+        except Exception as exc:  # disk full, permissions
+            return ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
+                               shape=list(item.hw), timings=timings, worker=self.worker, retryable=True)
+        t2 = time.perf_counter()
+        self.stages.add("encode", t1 - t0)
+        self.stages.add("write", t2 - t1)
+        timings["save"] = round(t2 - t0, 4)
+        return ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw), timings=timings,
+                           worker=self.worker)
+
+    def _run_batch(self, batch: list[tuple[WorkItem, object]], emit: Callable[[ImageRecord], None],
+                   writes: Window) -> None:
+        """Dream one batch of decoded items; queue its writes (blocking only when ``writes`` is full)."""
         tensors, alphas, ok, load_s = [], [], [], {}
-        for item in batch:
-            t0 = time.perf_counter()
-            try:
-                img = load_image(Path(item.path), self.cfg.max_pixels)
-            except ImageLoadError as exc:
-                emit(ImageRecord(item.path, item.rel, "failed", reason=str(exc), worker=self.worker))
+        for item, fut in batch:
+            img = fut.result()
+            if isinstance(img, ImageLoadError):
+                emit(ImageRecord(item.path, item.rel, "failed", reason=str(img), worker=self.worker))
                 continue
-            tensors.append(to_tensor(img.rgb, item.hw))
+            tensors.append(img.pixels)
             alphas.append(img.alpha)
             ok.append(item)
-            load_s[item.rel] = time.perf_counter() - t0
+            load_s[item.rel] = img.seconds["decode"] + img.seconds["resize"]
         if not ok:
             return
         t0 = time.perf_counter()
         results = self._dream(torch.stack(tensors), [i.rel for i in ok])  # [N,3,H,W]
         dream_s = (time.perf_counter() - t0) / len(ok)
+        _, write_pool = self.pools()
         for item, alpha, (out, reason) in zip(ok, alphas, results):
             timings = {"load": round(load_s[item.rel], 4), "dream": round(dream_s, 4)}
             if out is None:
                 emit(ImageRecord(item.path, item.rel, "failed", reason=reason, shape=list(item.hw), timings=timings,
                                  worker=self.worker, retryable=True))
                 continue
-            t1 = time.perf_counter()
-            try:
-                save_image(Path(item.output), out.permute(1, 2, 0).numpy(), alpha, dict(self.metadata, input=item.rel))
-            except Exception as exc:  # disk full, permissions
-                emit(ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
-                                 shape=list(item.hw), timings=timings, worker=self.worker, retryable=True))
-                continue
-            timings["save"] = round(time.perf_counter() - t1, 4)
-            emit(ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw), timings=timings,
-                             worker=self.worker))
+            while writes.full():
+                emit(writes.pop()[1])
+            writes.push(write_pool.submit(self.write_output, item, out, alpha, timings))
+        for _, rec in writes.ready():
+            emit(rec)
 
     def process(self, items: list[WorkItem], on_record: Callable[[ImageRecord], None] | None = None) -> list[ImageRecord]:
         """Dream ``items`` bucket by bucket; returns one record per item (also passed to ``on_record``)."""
@@ -140,10 +193,30 @@ class DreamRunner:
         buckets: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
         for item in items:
             buckets[tuple(item.hw)].append(item)
-        for hw, bucket in sorted(buckets.items()):
-            i = 0
-            while i < len(bucket):
+        order = [item for _, bucket in sorted(buckets.items()) for item in bucket]
+        decode_pool, _ = self.pools()
+        lanes = max(1, self.io_threads)
+        decoded = Window(2 * self.cfg.batch_size + lanes)  # decode runs up to two batches ahead
+        writes = Window(2 * self.cfg.batch_size + lanes)  # finished images waiting for a writer
+        submitted = 0
+
+        def refill() -> None:
+            nonlocal submitted
+            while submitted < len(order) and not decoded.full():
+                decoded.push(decode_pool.submit(self.load_input, order[submitted]), order[submitted])
+                submitted += 1
+
+        try:
+            refill()
+            while len(decoded):
+                hw = tuple(decoded.futures[0][0].hw)
                 size = min(self.cfg.batch_size, self.batch_limit.get(hw, self.cfg.batch_size))
-                self._run_batch(bucket[i:i + size], emit)
-                i += size
+                batch = []
+                while len(decoded) and len(batch) < size and tuple(decoded.futures[0][0].hw) == hw:
+                    batch.append(decoded.futures.popleft())
+                    refill()  # keep the decode threads busy while this batch dreams
+                self._run_batch(batch, emit, writes)
+        finally:
+            while len(writes):  # every queued write finishes (or fails) and is recorded
+                emit(writes.pop()[1])
         return records
