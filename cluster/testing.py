@@ -94,3 +94,34 @@ def hanging_backend(dm, cfg, device, *, marker: str):
             time.sleep(3600)
 
     return _Wrapped(create_backend(dm, cfg, device), on_step)
+
+
+class _PrepareChecked(_Wrapped):
+    """Raises if ``step`` comes before ``prepare``; records each prepare (pid, shapes) in ``record_dir``."""
+
+    def __init__(self, inner: Backend, record_dir: str, die_marker: str | None, die_after: int) -> None:
+        super().__init__(inner, self._check)
+        self.record_dir, self.die_marker, self.die_after = record_dir, die_marker, die_after
+        self.prepared: list | None = None
+
+    def prepare(self, shapes):
+        self.prepared = [list(s) for s in shapes]
+        path = Path(self.record_dir) / f"prepare-{os.getpid()}.json"
+        path.write_text(json.dumps({"pid": os.getpid(), "shapes": self.prepared}))
+        self.inner.prepare(shapes)
+
+    def _check(self, _, x):
+        if self.prepared is None:
+            raise RuntimeError("step() before prepare(shapes)")
+        if self.die_marker and self.steps > self.die_after and not os.path.exists(self.die_marker):
+            Path(self.die_marker).write_text(str(os.getpid()))
+            log.error("dying after prepare on purpose (pid %d)", os.getpid())
+            os._exit(1)
+
+
+def prepare_checking_backend(dm, cfg, device, *, record_dir: str, die_marker: str | None = None,
+                             die_after: int = 2):
+    """A real backend that refuses ``step`` before ``prepare``; optionally kills its process once."""
+    from dreamfleet.backends import create_backend
+
+    return _PrepareChecked(create_backend(dm, cfg, device), record_dir, die_marker, die_after)
