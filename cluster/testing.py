@@ -62,8 +62,10 @@ def poison_backend(dm, cfg, device, *, crash: bool = False):
 
 
 def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: int = 2):
-    """Kills its process once, at step ``after_steps + 1``, if ``marker`` does not exist yet.
+    """Kills its process once, at the first step after ``after_steps`` by which an output exists.
 
+    Outputs are written by the runner's writer threads, so the step waits for one to exist
+    (at the latest, the next shard's first step: a shard's writes all finish before it returns).
     Before dying it writes to ``marker`` the inode of every output already written, so a
     test can check that none of them was written again.
     """
@@ -73,6 +75,8 @@ def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: in
         if backend.steps > after_steps and not os.path.exists(marker):
             written = {str(p): p.stat().st_ino for p in Path(out_dir).rglob("*.png")
                        if not p.name.startswith(".") and "dreamfleet" not in p.name}
+            if not written:
+                return  # no output written yet: die at a later step
             tmp = f"{marker}.tmp"
             with open(tmp, "w") as fh:
                 json.dump({"pid": os.getpid(), "written": written}, fh)
