@@ -101,7 +101,7 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
     from dreamfleet.engine.report import environment
 
     torch.set_num_threads(1)
-    cfg = make_config(None, None, dict(model="bvlc_googlenet", max_side=160, octaves=2, iterations=5, batch_size=8,
+    cfg = make_config(None, None, dict(model="bvlc_googlenet", max_side=160, octaves=2, iterations=2, batch_size=8,
                                        device="cpu", io_threads=io_threads, overwrite=True))
     steps = cfg.octaves * cfg.iterations
     root = Path(tempfile.mkdtemp(prefix="dreamfleet-pipeline-bench-"))

@@ -79,3 +79,14 @@ def test_schedule_and_generators_give_the_same_step():
     b = ascent_step(_Stub(), z, JitterSchedule([image_rng(0, k) for k in keys], cfg.jitter, 1, z.device), cfg, space)
     assert torch.equal(a, b)
     assert np.isfinite(a.numpy()).all()
+
+
+def test_fused_update_is_bitwise_the_old_update():
+    cfg = make_config("classic")
+    space = ImageSpace.create(get_spec(cfg.model), cfg, torch.device("cpu"), torch.float32)
+    g = torch.Generator().manual_seed(3)
+    z, grad = torch.randn(4, 3, 20, 24, generator=g), torch.randn(4, 3, 20, 24, generator=g)
+    gu = grad * space.unit
+    scale = gu.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(gu.dtype).tiny)
+    old = torch.maximum(torch.minimum(z + (1.5 * space.unit) * gu / scale, space.hi), space.lo)
+    assert torch.equal(space.update(z, grad, 1.5, "mean_abs"), old)
