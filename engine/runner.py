@@ -10,7 +10,9 @@ the run).
 It is an overlapped pipeline (``engine.pipeline``): decode threads load and resize the
 next batches (``load_working_image``), the calling thread only steps the device, and
 writer threads encode and write finished images (``write_output``). Both are bounded;
-records are emitted on the calling thread, in order, once an image is written.
+records are emitted on the calling thread, in order, once an image is written. One batch
+is in flight on the device while the host collects and stacks the next one; the order per
+batch is collect(k+1), land(k) (the one ``synchronize``), launch(k+1), queue writes(k).
 """
 from __future__ import annotations
 
@@ -47,6 +49,22 @@ class WorkItem:
     rel: str  # identity and output mirror path
     output: str  # where the result goes
     hw: tuple[int, int]  # working (H, W)
+
+
+@dataclass
+class _Batch:
+    """One batch on its way through the device: inputs, then the queued result or the error."""
+    items: list[WorkItem]
+    alphas: list
+    load_s: list[float]
+    x: torch.Tensor  # [N,3,H,W] on the device, loop dtype
+    out: torch.Tensor | None = None
+    error: Exception | None = None
+    t0: float = 0.0
+
+    @property
+    def keys(self) -> list[str]:
+        return [i.rel for i in self.items]
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -110,6 +128,10 @@ class DreamRunner:
         except Exception as exc:  # a poison image, OOM, a backend error
             reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
         # retried outside the except block: its traceback would keep the failed batch's tensors alive
+        return self._split(x, keys, reason, oom)
+
+    def _split(self, x: torch.Tensor, keys: list[str], reason: str, oom: bool):
+        """After ``x`` failed as one batch: halve it and retry (one image: its failure reason)."""
         if oom and self.device.type == "cuda":
             torch.cuda.empty_cache()
             self.batch_limit[tuple(x.shape[-2:])] = max(1, x.shape[0] // 2)
@@ -150,10 +172,9 @@ class DreamRunner:
         return ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw), timings=timings,
                            worker=self.worker)
 
-    def _run_batch(self, batch: list[tuple[WorkItem, object]], emit: Callable[[ImageRecord], None],
-                   writes: Window) -> None:
-        """Dream one batch of decoded items; queue its writes (blocking only when ``writes`` is full)."""
-        tensors, alphas, ok, load_s = [], [], [], {}
+    def _collect(self, batch: list[tuple[WorkItem, object]], emit: Callable[[ImageRecord], None]) -> _Batch | None:
+        """Wait for a batch's decodes (in order); record unreadable inputs; stack the rest."""
+        tensors, alphas, ok, load_s = [], [], [], []
         for item, fut in batch:
             img = fut.result()
             if isinstance(img, ImageLoadError):
@@ -162,15 +183,44 @@ class DreamRunner:
             tensors.append(img.pixels)
             alphas.append(img.alpha)
             ok.append(item)
-            load_s[item.rel] = img.seconds["decode"] + img.seconds["resize"]
+            load_s.append(img.seconds["decode"] + img.seconds["resize"])
         if not ok:
-            return
-        t0 = time.perf_counter()
-        results = self._dream(torch.stack(tensors), [i.rel for i in ok])  # [N,3,H,W]
-        dream_s = (time.perf_counter() - t0) / len(ok)
+            return None
+        return _Batch(ok, alphas, load_s, torch.stack(tensors).to(self.device, self.dtype))  # [N,3,H,W]
+
+    def _launch(self, b: _Batch) -> _Batch:
+        """Queue every step of ``b`` on the device; no sync (errors surface in ``_land``)."""
+        b.t0 = time.perf_counter()
+        try:
+            b.out = dream_tensor(self.backend, b.x, self.cfg, self.dm.spec, b.keys)
+        except Exception as exc:  # a poison image, OOM, a backend error: redone with splitting in _land
+            b.error = exc
+        self.stages.add("loop", time.perf_counter() - b.t0, len(b.items))
+        return b
+
+    def _land(self, b: _Batch) -> list[tuple[torch.Tensor | None, str | None]]:
+        """Wait for ``b`` on the device and bring its results to the host (split and retry on failure)."""
+        if b.error is None:
+            try:
+                t1 = time.perf_counter()
+                self.backend.synchronize()  # the one wait on the device per batch
+                t2 = time.perf_counter()
+                host = b.out.float().cpu()  # [N,3,H,W]
+                self.stages.add("device_wait", t2 - t1, len(b.items))
+                self.stages.add("loop", time.perf_counter() - t2, len(b.items))
+                return [(o, None) for o in host]
+            except Exception as exc:
+                b.error = exc
+        reason, oom = f"{type(b.error).__name__}: {b.error}", is_oom(b.error)
+        b.out, b.error = None, None  # drop the failed attempt (its traceback holds its tensors) before retrying
+        return self._split(b.x, b.keys, reason, oom)
+
+    def _queue_writes(self, b: _Batch, results, emit: Callable[[ImageRecord], None], writes: Window) -> None:
+        """Hand each dreamed image to a writer thread (blocking only while ``writes`` is full)."""
+        dream_s = (time.perf_counter() - b.t0) / len(b.items)
         _, write_pool = self.pools()
-        for item, alpha, (out, reason) in zip(ok, alphas, results):
-            timings = {"load": round(load_s[item.rel], 4), "dream": round(dream_s, 4)}
+        for item, alpha, load_s, (out, reason) in zip(b.items, b.alphas, b.load_s, results):
+            timings = {"load": round(load_s, 4), "dream": round(dream_s, 4)}
             if out is None:
                 emit(ImageRecord(item.path, item.rel, "failed", reason=reason, shape=list(item.hw), timings=timings,
                                  worker=self.worker, retryable=True))
@@ -196,9 +246,9 @@ class DreamRunner:
         order = [item for _, bucket in sorted(buckets.items()) for item in bucket]
         decode_pool, _ = self.pools()
         lanes = max(1, self.io_threads)
-        decoded = Window(2 * self.cfg.batch_size + lanes)  # decode runs up to two batches ahead
+        decoded = Window(3 * self.cfg.batch_size + lanes)  # decode runs up to three batches ahead
         writes = Window(2 * self.cfg.batch_size + lanes)  # finished images waiting for a writer
-        submitted = 0
+        submitted, current = 0, None  # current: the batch on the device
 
         def refill() -> None:
             nonlocal submitted
@@ -215,7 +265,16 @@ class DreamRunner:
                 while len(decoded) and len(batch) < size and tuple(decoded.futures[0][0].hw) == hw:
                     batch.append(decoded.futures.popleft())
                     refill()  # keep the decode threads busy while this batch dreams
-                self._run_batch(batch, emit, writes)
+                nxt = self._collect(batch, emit)  # host work while the device runs ``current``
+                if nxt is None:
+                    continue
+                landed = self._land(current) if current else None  # sync, copy ``current`` to the host
+                self._launch(nxt)  # the device starts the next batch at once...
+                if current:
+                    self._queue_writes(current, landed, emit, writes)  # ...while the host queues the writes
+                current = nxt
+            if current:
+                self._queue_writes(current, self._land(current), emit, writes)
         finally:
             while len(writes):  # every queued write finishes (or fails) and is recorded
                 emit(writes.pop()[1])

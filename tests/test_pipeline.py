@@ -92,14 +92,14 @@ def test_windows_bound_outstanding_work(tmp_path, monkeypatch):
 
     _inputs(tmp_path / "in", n=12)
     seen = []
-    real = runner_mod.DreamRunner._run_batch
+    real = runner_mod.DreamRunner._queue_writes
 
-    def spy(self, batch, emit, writes):
+    def spy(self, b, results, emit, writes):
         seen.append(len(writes))
         assert len(writes) <= writes.limit
-        return real(self, batch, emit, writes)
+        return real(self, b, results, emit, writes)
 
-    monkeypatch.setattr(runner_mod.DreamRunner, "_run_batch", spy)
+    monkeypatch.setattr(runner_mod.DreamRunner, "_queue_writes", spy)
     rep = run_job(_cfg(io_threads=1), [str(tmp_path / "in")], tmp_path / "out", _factory, progress=False)
     assert rep.counts()["done"] == 13 and seen
     w = Window(2)
@@ -149,3 +149,27 @@ def test_alpha_at_working_size_equals_the_save_paths_resize(tmp_path):
     img = load_working_image(tmp_path / "a.png", (64, 96), 10**8)
     ref = np.asarray(Image.fromarray(a, "L").resize((96, 64), Image.Resampling.LANCZOS))
     assert img.alpha.shape == (64, 96) and np.array_equal((img.alpha * 255 + 0.5).astype(np.uint8), ref)
+
+
+class _PoisonBackend(_SinBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def step(self, x):
+        flat = x.flatten(2)
+        if ((flat.amax(2) - flat.amin(2)) < 1e-6).all(1).any():
+            raise RuntimeError("poison image crashed the model")
+        return super().step(x)
+
+
+def test_poison_batch_is_split_and_only_the_poison_fails(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(6):
+        im = Image.new("RGB", (64, 64), (90, 90, 90)) if i == 2 else _photo(64, 64, i)
+        im.save(tmp_path / "in" / f"r{i}.png")
+    rep = run_job(_cfg(batch_size=4, io_threads=2), [str(tmp_path / "in")], tmp_path / "out",
+                  lambda dm, cfg, device: _PoisonBackend(), progress=False)
+    failed = [r for r in rep.records if r.status == "failed"]
+    assert [r.rel for r in failed] == ["r2.png"] and "poison image crashed" in failed[0].reason
+    assert failed[0].retryable and rep.counts()["done"] == 5
