@@ -87,14 +87,21 @@ def decode_psnr(paths: list[Path], hw: tuple[int, int]) -> dict:
 def _job(cfg, src: Path, out: Path, step_seconds: float) -> tuple[float, dict]:
     from dreamfleet.engine.job import run_job
 
+    made: list[SimulatedDeviceBackend] = []
+
     def factory(dm, cfg, device):
-        return SimulatedDeviceBackend(per_image_time(step_seconds))
+        made.append(SimulatedDeviceBackend(per_image_time(step_seconds)))
+        return made[-1]
 
     shutil.rmtree(out, ignore_errors=True)
     rep = run_job(cfg, [str(src)], out, factory, progress=False)
     if rep.counts()["done"] != len(rep.records):
         raise RuntimeError(f"pipeline bench job failed: {rep.counts()}")
-    return rep.counts()["done"] / rep.work_seconds, rep.extra.get("host_ms_per_image", {})
+    stages = dict(rep.extra.get("host_ms_per_image", {}))
+    if step_seconds > 0 and made:  # simulated device idle while the host was late, share of the work time
+        stages["device_idle_share"] = round(made[0].idle_seconds / rep.work_seconds, 3)
+        stages["device_idle_share_batch_start"] = round(made[0].idle_first_step / rep.work_seconds, 3)
+    return rep.counts()["done"] / rep.work_seconds, stages
 
 
 def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | None = None,
@@ -116,6 +123,7 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
         runs: dict[str, list] = {k: [] for k in ("naive", "host_only", "host_only_inline", "balanced",
                                                   "balanced_inline", "device")}
         stages: list[dict] = []
+        idle: list[dict] = []  # balanced runs: simulated device idle shares
         inline = make_config(None, None, dict(config_to_dict(cfg), io_threads=-1))
         _job(cfg, root / "in", root / "warm", 0.0)  # warm-up: imports, allocator, page cache
         for r in range(repeats):
@@ -130,7 +138,9 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
             else:
                 step_s = 1.0 / (host * steps)  # a device exactly as slow as this round's host
             runs["device"].append(1.0 / (step_s * steps))
-            runs["balanced"].append(_job(cfg, root / "in", root / "bal", step_s)[0])
+            bal, bal_st = _job(cfg, root / "in", root / "bal", step_s)
+            runs["balanced"].append(bal)
+            idle.append(bal_st)
             runs["balanced_inline"].append(_job(inline, root / "in", root / "inl", step_s)[0])
             runs["host_only_inline"].append(_job(inline, root / "in", root / "hinl", 0.0)[0])
             log.info("round %d: %s", r, {k: round(v[-1], 2) for k, v in runs.items()})
@@ -144,6 +154,9 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
                     "device_model": device or (f"{device_ms} ms per image-step" if device_ms else "as slow as host"),
                     "host_ms_per_image": {k: round(statistics.median([s[k] for s in stages if s.get(k) is not None]), 3)
                                           for k in stages[0] if any(s.get(k) is not None for s in stages)},
+                    "balanced_device_idle": {k: round(statistics.median([d[k] for d in idle if k in d]), 3)
+                                             for k in ("device_idle_share", "device_idle_share_batch_start")
+                                             if any(k in d for d in idle)},
                     "loadavg_after": os.getloadavg()})
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -179,5 +192,7 @@ def format_row(row: dict) -> str:
              f"  achieved, overlapped  {r['balanced']:8.2f} images/s   efficiency {row['efficiency']:.3f}",
              f"  achieved, inline      {r['balanced_inline']:8.2f} images/s   efficiency {row['efficiency_inline']:.3f}",
              "  host ms/image: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()),
+             "  balanced, simulated device idle share: " + ", ".join(
+                 f"{k} {v:.3f}" for k, v in row.get("balanced_device_idle", {}).items()),
              f"  decode PSNR vs float path: mean {row['decode_psnr']['mean_db']} dB, min {row['decode_psnr']['min_db']} dB"]
     return "\n".join(lines)

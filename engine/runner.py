@@ -10,9 +10,10 @@ the run).
 It is an overlapped pipeline (``engine.pipeline``): decode threads load and resize the
 next batches (``load_working_image``), the calling thread only steps the device, and
 writer threads encode and write finished images (``write_output``). Both are bounded;
-records are emitted on the calling thread, in order, once an image is written. One batch
-is in flight on the device while the host collects and stacks the next one; the order per
-batch is collect(k+1), land(k) (the one ``synchronize``), launch(k+1), queue writes(k).
+records are emitted on the calling thread, in order, once an image is written. Two batches
+are in flight on the device: the host collects and queues batch k+1 (steps, copy to the
+host, ``Backend.fence``), then waits on batch k's fence (the one wait per batch) and hands
+k's images to the writers, so the device already has k+1 when k finishes.
 """
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ class _Batch:
     alphas: list
     load_s: list[float]
     x: torch.Tensor  # [N,3,H,W] on the device, loop dtype
-    out: torch.Tensor | None = None
+    out: torch.Tensor | None = None  # [N,3,H,W] on the device
+    host: torch.Tensor | None = None  # [N,3,H,W] float32 on the host, valid once ``fence`` is passed
+    fence: object = None  # Backend.fence() taken after the steps and the copy to the host
     error: Exception | None = None
     t0: float = 0.0
 
@@ -189,10 +192,13 @@ class DreamRunner:
         return _Batch(ok, alphas, load_s, torch.stack(tensors).to(self.device, self.dtype))  # [N,3,H,W]
 
     def _launch(self, b: _Batch) -> _Batch:
-        """Queue every step of ``b`` on the device; no sync (errors surface in ``_land``)."""
+        """Queue every step of ``b`` and its copy to the host, then a fence; no sync (errors surface in ``_land``)."""
         b.t0 = time.perf_counter()
         try:
             b.out = dream_tensor(self.backend, b.x, self.cfg, self.dm.spec, b.keys)
+            # on CUDA a non-blocking copy lands in pinned memory, ordered before the fence
+            b.host = b.out.float().to("cpu", non_blocking=self.device.type == "cuda")
+            b.fence = self.backend.fence()
         except Exception as exc:  # a poison image, OOM, a backend error: redone with splitting in _land
             b.error = exc
         self.stages.add("loop", time.perf_counter() - b.t0, len(b.items))
@@ -203,12 +209,10 @@ class DreamRunner:
         if b.error is None:
             try:
                 t1 = time.perf_counter()
-                self.backend.synchronize()  # the one wait on the device per batch
-                t2 = time.perf_counter()
-                host = b.out.float().cpu()  # [N,3,H,W]
-                self.stages.add("device_wait", t2 - t1, len(b.items))
-                self.stages.add("loop", time.perf_counter() - t2, len(b.items))
-                return [(o, None) for o in host]
+                b.fence.wait()  # the one wait on the device per batch; the next batch is already queued
+                self.stages.add("device_wait", time.perf_counter() - t1, len(b.items))
+                host, b.out, b.host = b.host, None, None
+                return [(o, None) for o in host]  # [3,H,W] each
             except Exception as exc:
                 b.error = exc
         reason, oom = f"{type(b.error).__name__}: {b.error}", is_oom(b.error)
@@ -268,10 +272,9 @@ class DreamRunner:
                 nxt = self._collect(batch, emit)  # host work while the device runs ``current``
                 if nxt is None:
                     continue
-                landed = self._land(current) if current else None  # sync, copy ``current`` to the host
-                self._launch(nxt)  # the device starts the next batch at once...
+                self._launch(nxt)  # queued behind ``current``: the device never runs dry while we wait
                 if current:
-                    self._queue_writes(current, landed, emit, writes)  # ...while the host queues the writes
+                    self._queue_writes(current, self._land(current), emit, writes)
                 current = nxt
             if current:
                 self._queue_writes(current, self._land(current), emit, writes)
