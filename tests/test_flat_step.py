@@ -90,3 +90,18 @@ def test_fused_update_is_bitwise_the_old_update():
     scale = gu.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(gu.dtype).tiny)
     old = torch.maximum(torch.minimum(z + (1.5 * space.unit) * gu / scale, space.hi), space.lo)
     assert torch.equal(space.update(z, grad, 1.5, "mean_abs"), old)
+
+
+def test_fence_defaults():
+    from dreamfleet.engine.backends.base import Fence
+
+    calls = []
+
+    class Synced(_Stub):
+        def synchronize(self):
+            calls.append(1)
+
+    f = Synced().fence()
+    assert isinstance(f, Fence) and not calls
+    f.wait()
+    assert calls == [1]  # an overridden synchronize is what a fence waits for by default

@@ -69,9 +69,11 @@ class Backend(abc.ABC):
 
         The runner takes one after each batch's steps and its copy to the host, queues the next
         batch, and only then waits on the fence, so the device never idles while the host wakes
-        up. The default records a CUDA event on the current stream (on CUDA), else synchronizes.
+        up. The default records a CUDA event on the current stream (on CUDA), else synchronizes;
+        a backend that overrides ``synchronize`` (its own streams) gets ``synchronize`` here too
+        unless it also overrides ``fence``.
         """
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and type(self).synchronize is Backend.synchronize:
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))
             return Fence(event.synchronize)
