@@ -173,3 +173,23 @@ def test_poison_batch_is_split_and_only_the_poison_fails(tmp_path):
     failed = [r for r in rep.records if r.status == "failed"]
     assert [r.rel for r in failed] == ["r2.png"] and "poison image crashed" in failed[0].reason
     assert failed[0].retryable and rep.counts()["done"] == 5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_two_batches_in_flight_match_cpu(tmp_path):
+    """Fences and pinned non-blocking copies: CUDA results equal the CPU run's (to 8-bit output)."""
+    class _CudaSin(_SinBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.device = torch.device("cuda")
+
+    _inputs(tmp_path / "in", n=9)
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        factory = (lambda dm, cfg, device: _CudaSin()) if dev == "cuda" else _factory
+        rep = run_job(_cfg(device=dev, batch_size=2), [str(tmp_path / "in")], tmp_path / dev, factory, progress=False)
+        assert rep.counts()["done"] == 10
+        outs[dev] = {r.rel: np.asarray(Image.open(r.output), dtype=np.int16) for r in rep.records if r.output}
+    for rel, arr in outs["cpu"].items():
+        assert np.abs(arr - outs["cuda"][rel]).max() <= 2, rel
