@@ -6,9 +6,9 @@ is undone after each step (Google's notebook rolls the image, steps, rolls back)
 
 The octave loop draws every shift of a dream up front (:class:`JitterSchedule`: the same
 numbers, in the same order, as one draw per step) and uploads them to the device once, so
-the step loop never copies from the host. :func:`roll_batched` rolls every image of a
-batch by its own shift with one gather, so the tensor operations per step do not depend
-on the batch size.
+the step loop never copies from the host. Every image of a batch is rolled by its own shift
+with one gather (:func:`roll_indexed`, :func:`roll_batched`), so the tensor operations per
+step do not depend on the batch size.
 """
 from __future__ import annotations
 
@@ -58,8 +58,24 @@ def roll_batched(x: torch.Tensor, shifts: torch.Tensor, sign: int = 1) -> torch.
     return torch.gather(x.reshape(n, c, h * w), 2, index).view(n, c, h, w)
 
 
+def _flat_index(rows: torch.Tensor, cols: torch.Tensor, w: int) -> torch.Tensor:
+    """rows[N,H], cols[N,W] -> flat source index [N, H*W] (one kernel)."""
+    n = rows.shape[0]
+    return torch.add(cols[:, None, :], rows[:, :, None], alpha=w).view(n, -1)
+
+
+def roll_indexed(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[N,C,H,W] gathered through a flat per-image index [N, H*W]: one gather for the batch."""
+    n, c, h, w = x.shape
+    return torch.gather(x.reshape(n, c, h * w), 2, index[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
+
+
 class JitterSchedule:
-    """Every shift of one dream, drawn once and held on the device; ``next()`` walks the steps."""
+    """Every shift of one dream, drawn once and held on the device; ``next_index`` walks the steps.
+
+    Per octave size the row and column tables of every step are built once (a few small ops);
+    a step then costs one add (its flat index) and one gather per roll, whatever the batch size.
+    """
 
     def __init__(self, rngs: list[np.random.Generator], jitter: int, steps: int, device: torch.device) -> None:
         self.host = draw_all_shifts(rngs, jitter, steps)  # [steps, N, 2]
@@ -67,16 +83,30 @@ class JitterSchedule:
         t = torch.from_numpy(self.host)
         if device.type == "cuda":
             t = t.pin_memory().to(device, non_blocking=True)  # one upload per dream, no sync
-        self.device_shifts = t.to(device)
+        self.device_shifts = t.to(device)  # [steps, N, 2]
         self.cursor = 0
+        self._tables: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
 
-    def next(self) -> torch.Tensor | None:
-        """The next step's shifts [N, 2] on the device, or None when no image moves."""
+    def _table(self, h: int, w: int) -> tuple[torch.Tensor, ...]:
+        """(rows_fwd[steps,N,H], cols_fwd[steps,N,W], rows_back, cols_back) for an h x w octave."""
+        if (h, w) not in self._tables:
+            dev = self.device_shifts.device
+            dy, dx = self.device_shifts[..., 0:1], self.device_shifts[..., 1:2]  # [steps, N, 1]
+            ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
+            self._tables = {(h, w): (torch.remainder(ar_h - dy, h), torch.remainder(ar_w - dx, w),
+                                     torch.remainder(ar_h + dy, h), torch.remainder(ar_w + dx, w))}
+        return self._tables[(h, w)]
+
+    def next_index(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next step's (roll, unroll) flat indices [N, H*W] on the device, or None when no image moves."""
         s = self.cursor
         if s >= len(self.host):
             raise IndexError(f"jitter schedule exhausted after {s} steps")
         self.cursor += 1
-        return self.device_shifts[s] if self.active[s] else None
+        if not self.active[s]:
+            return None
+        rf, cf, rb, cb = self._table(h, w)
+        return _flat_index(rf[s], cf[s], w), _flat_index(rb[s], cb[s], w)
 
 
 def roll(x: torch.Tensor, shifts: list[tuple[int, int]], sign: int = 1) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from .backends.base import Backend
 from .config import DreamConfig
-from .jitter import JitterSchedule, draw_shifts, image_rng, roll_batched
+from .jitter import JitterSchedule, draw_shifts, image_rng, roll_batched, roll_indexed
 from .models import ModelSpec
 from .octaves import build_pyramid, resize_to, usable_octaves
 from .space import ImageSpace
@@ -25,14 +25,16 @@ from .space import ImageSpace
 log = logging.getLogger(__name__)
 
 
-def _next_shifts(rngs, cfg: DreamConfig, device: torch.device) -> torch.Tensor | None:
-    """This step's shifts [N, 2] on ``device`` (None: no image moves)."""
+def _roll_pair(rngs, cfg: DreamConfig, z: torch.Tensor):
+    """(roll, unroll) functions for this step, or None when no image moves."""
     if isinstance(rngs, JitterSchedule):
-        return rngs.next()
+        idx = rngs.next_index(z.shape[-2], z.shape[-1])  # ([N, H*W], [N, H*W]) flat indices
+        return None if idx is None else (lambda t: roll_indexed(t, idx[0]), lambda t: roll_indexed(t, idx[1]))
     shifts = draw_shifts(rngs, cfg.jitter)  # a list of per-image generators: draw one step now
     if all(s == (0, 0) for s in shifts):
         return None
-    return torch.tensor(shifts, dtype=torch.int64, device=device)
+    sh = torch.tensor(shifts, dtype=torch.int64, device=z.device)  # [N, 2]
+    return lambda t: roll_batched(t, sh), lambda t: roll_batched(t, sh, sign=-1)
 
 
 def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace) -> torch.Tensor:
@@ -40,10 +42,10 @@ def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space
 
     ``rngs``: the dream's ``JitterSchedule``, or one numpy generator per image (draws this step).
     """
-    shifts = _next_shifts(rngs, cfg, z.device)  # [N, 2] or None
-    _, grad = backend.step(z if shifts is None else roll_batched(z, shifts))  # grad: [N,3,H,W], rolled frame
-    if shifts is not None:
-        grad = roll_batched(grad, shifts, sign=-1)
+    rolls = _roll_pair(rngs, cfg, z)
+    _, grad = backend.step(z if rolls is None else rolls[0](z))  # grad: [N,3,H,W], in the rolled frame
+    if rolls is not None:
+        grad = rolls[1](grad)
     return space.update(z, grad, cfg.step, cfg.grad_norm)
 
 

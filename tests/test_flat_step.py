@@ -7,7 +7,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dreamfleet.engine.backends.base import Backend
 from dreamfleet.engine.config import make_config
-from dreamfleet.engine.jitter import JitterSchedule, draw_all_shifts, draw_shifts, image_rng, roll_batched
+from dreamfleet.engine.jitter import (
+    JitterSchedule,
+    draw_all_shifts,
+    draw_shifts,
+    image_rng,
+    roll_batched,
+    roll_indexed,
+)
 from dreamfleet.engine.loop import ascent_step
 from dreamfleet.engine.models import get_spec
 from dreamfleet.engine.space import ImageSpace
@@ -50,7 +57,17 @@ def test_schedule_draws_exactly_the_per_step_shifts():
         planned = draw_all_shifts([image_rng(7, k) for k in keys], jitter, 23)
         assert planned.tolist() == [[list(s) for s in step] for step in per_step]
     sched = JitterSchedule([image_rng(0, "a")], 0, 3, torch.device("cpu"))
-    assert [sched.next() for _ in range(3)] == [None, None, None]
+    assert [sched.next_index(4, 5) for _ in range(3)] == [None, None, None]
+    # the schedule's indices roll exactly like torch.roll with the drawn shifts
+    x = torch.randn(3, 3, 11, 13)
+    sched = JitterSchedule([image_rng(7, k) for k in keys], 8, 4, torch.device("cpu"))
+    for s in range(4):
+        fwd, back = sched.next_index(11, 13)
+        rolled = roll_indexed(x, fwd)
+        for i in range(3):
+            dy, dx = (int(v) for v in sched.host[s, i])
+            assert torch.equal(rolled[i], torch.roll(x[i], (dy, dx), dims=(1, 2)))
+        assert torch.equal(roll_indexed(rolled, back), x)
 
 
 def test_tensor_ops_per_step_do_not_grow_with_batch():
@@ -61,7 +78,7 @@ def test_tensor_ops_per_step_do_not_grow_with_batch():
         z = torch.rand(n, 3, 48, 64)
         space = ImageSpace.create(spec, cfg, z.device, z.dtype)
         sched = JitterSchedule([image_rng(0, f"img{i}.png") for i in range(n)], cfg.jitter, 2, z.device)
-        sched.next()  # a step that may be all-zero is skipped on purpose: count a later one
+        sched.next_index(48, 64)  # the first step builds the octave's index tables: count a later one
         with _CountOps() as mode:
             ascent_step(_Stub(), z, sched, cfg, space)
         counts[n] = len(mode.ops)
