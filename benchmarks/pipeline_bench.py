@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .hardware import git_commit
 from .simdevice import SimulatedDeviceBackend, per_image_time
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
     root = Path(tempfile.mkdtemp(prefix="dreamfleet-pipeline-bench-"))
     row: dict = {"bench": "pipeline", "simulated_device": True, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "images": images, "input": "1600x1200 JPEG q90", "working_size": "160x128", "output": "JPEG q95",
-                 "config": config_to_dict(cfg), "environment": environment(), "loadavg_before": os.getloadavg()}
+                 "config": config_to_dict(cfg), "environment": environment(), "git_commit": git_commit(),
+                 "loadavg_before": os.getloadavg()}
     try:
         paths = make_photos(root / "in", images)
         row["decode_psnr"] = decode_psnr(paths[: min(len(paths), 12)], (128, 160))
