@@ -174,7 +174,7 @@ def load_working_image(src: Source, hw: tuple[int, int], max_pixels: int) -> Wor
             fmt = im.format
             im.seek(0)  # first frame of animations
             mode = im.mode
-            if fmt == "JPEG" and mode not in _HIGH_DEPTH:
+            if fmt in ("JPEG", "MPO") and mode not in _HIGH_DEPTH:  # MPO: cameras' multi-picture JPEG
                 _draft(im, hw)
             im = ImageOps.exif_transpose(im)
             im.load()

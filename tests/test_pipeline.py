@@ -132,6 +132,11 @@ def test_fast_decode_matches_the_float_path(tmp_path):
     new = load_working_image(tmp_path / "rot.jpg", (160, 128), 10**8).pixels
     ref = to_tensor(load_image(tmp_path / "rot.jpg", 10**8).rgb, (160, 128))
     assert _psnr(new, ref) > 38.0
+    # a camera's multi-picture JPEG (MPO): the first frame, DCT-scaled too
+    _photo(1200, 1600, 5).save(tmp_path / "cam.mpo", format="MPO", save_all=True,
+                               append_images=[_photo(1200, 1600, 6)], quality=90)
+    new = load_working_image(tmp_path / "cam.mpo", (128, 160), 10**8).pixels
+    assert _psnr(new, to_tensor(load_image(tmp_path / "cam.mpo", 10**8).rgb, (128, 160))) > 38.0
     # a file object works too, and bad bytes give the same reasons
     with open(tmp_path / "big.jpg", "rb") as fh:
         assert load_working_image(fh, (128, 160), 10**8).pixels.shape == (3, 128, 160)
