@@ -38,6 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per case")
     p.add_argument("--no-chart", dest="chart", action="store_false", help="skip chart.png")
     p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
+    g = p.add_argument_group("pipeline (host pipeline vs a SIMULATED device)")
+    g.add_argument("--pipeline", action="store_true", help="run the host-pipeline benchmark instead of the matrix")
+    g.add_argument("--images", type=int, default=48, help="--pipeline: generated 1600x1200 JPEGs (default: 48)")
+    g.add_argument("--device-ms", type=float, default=None,
+                   help="--pipeline: simulated device time per image per step, ms (default: as slow as the host)")
+    g.add_argument("--sim-device", default=None, metavar="NAME",
+                   help="--pipeline: derive the device time from the job's FLOPs at 40%% of NAME's peak "
+                        "(h100-bf16, a100-bf16, l4-bf16)")
+    g.add_argument("--io-threads", type=int, default=0, help="--pipeline: decode/write threads (default: 0 = cores)")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -49,6 +58,12 @@ def handle(args: argparse.Namespace) -> int:
     out = args.out or RESULTS_DIR
     for noisy in ("onnx_ir", "onnxscript", "torch._dynamo", "torch._inductor"):  # per-pass INFO lines drown the run
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.pipeline:
+        from .pipeline_bench import format_row, run_pipeline_bench
+
+        row = run_pipeline_bench(args.images, args.repeats or 3, args.device_ms, args.sim_device, args.io_threads)
+        print(format_row(row))
+        return 0
     if args.report_only:
         table = report.write_table(out)
         if args.chart:

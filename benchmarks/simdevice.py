@@ -3,8 +3,10 @@
 Used to measure the *host* side of a job (decode, resize, loop bookkeeping, encode, write)
 against a device of a given speed without owning one. ``step`` returns at once with a
 zero gradient and advances the virtual clock by ``step_seconds(N, H, W)``, as an
-asynchronous GPU queue would; ``synchronize`` (called by the runner once per batch, before
-results go to the host) sleeps until that clock, releasing the GIL like a real device wait.
+asynchronous GPU queue would; ``synchronize`` sleeps until that clock and a ``fence`` (what
+the runner waits on, once per batch) until the clock as it was when the fence was taken,
+releasing the GIL like a real device wait. ``idle_seconds`` sums the gaps in which the
+device had nothing queued (the host was late).
 ``mode="sync"`` sleeps inside every step instead (a device that blocks the host).
 
 Every figure produced with this backend is **simulated**, never a device measurement.
@@ -16,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from dreamfleet.engine.backends.base import Backend
+from dreamfleet.engine.backends.base import Backend, Fence
 
 StepTime = Callable[[int, int, int], float]  # (N, H, W) -> seconds of device time for one step
 
@@ -39,6 +41,9 @@ class SimulatedDeviceBackend(Backend):
         self.device_clock = 0.0  # perf_counter time at which the virtual device goes idle
         self.busy_seconds = 0.0  # total modelled device time
         self.steps = 0
+        self.idle_seconds = 0.0  # device idle between its first and last step (the host was late)
+        self.idle_first_step = 0.0  # ... of which before the first step of a batch (after a synchronize)
+        self._synced = True
         self._zeros: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +52,13 @@ class SimulatedDeviceBackend(Backend):
         cost = self.step_seconds(n, h, w)
         self.busy_seconds += cost
         self.steps += 1
-        self.device_clock = max(self.device_clock, time.perf_counter()) + cost
+        now = time.perf_counter()
+        if self.steps > 1 and now > self.device_clock:
+            self.idle_seconds += now - self.device_clock
+            if self._synced:
+                self.idle_first_step += now - self.device_clock
+        self._synced = False
+        self.device_clock = max(self.device_clock, now) + cost
         if self.mode == "sync":
             self.synchronize()
         key = (tuple(x.shape), x.dtype, x.device)
@@ -56,7 +67,17 @@ class SimulatedDeviceBackend(Backend):
         return self._zeros[key]
 
     def synchronize(self) -> None:
-        wait = self.device_clock - time.perf_counter()
+        self._wait_until(self.device_clock)
+
+    def fence(self) -> Fence:
+        """The device clock now: waiting on it sleeps until the work queued so far is done."""
+        clock = self.device_clock
+        return Fence(lambda: self._wait_until(clock))
+
+    def _wait_until(self, clock: float) -> None:
+        if clock >= self.device_clock:
+            self._synced = True  # the device runs dry unless the host queued more
+        wait = clock - time.perf_counter()
         if wait > 0:
             time.sleep(wait)  # releases the GIL, as a real device wait does
 

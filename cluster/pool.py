@@ -12,6 +12,11 @@ collects them as they finish. Fault handling:
 * an image the engine recorded as a dream/write failure: retried alone;
 * an image that failed more than ``retries`` times on its own is quarantined with its reason;
 * a worker silent on a shard for ``shard_timeout`` seconds is treated as dead (hangs are silent).
+
+Every actor, a recreated one included, runs ``prepare(shapes)`` (compile warm-up, TensorRT
+profiles) as its first task after the start probe; shards queue behind it (actor tasks run in
+submission order) and the worker re-checks before each shard. A failing prepare counts as a
+failed start.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from .worker import DreamWorker, ShardResult
 log = logging.getLogger(__name__)
 
 MAX_START_FAILURES = 3  # consecutive actor start failures before a slot is given up
+PREPARE = -1  # the shard-id slot of an actor's prepare task in ``inflight`` (shard ids are >= 0)
 
 
 @dataclass
@@ -107,9 +113,10 @@ class WorkerPool:
     def _start(self, slot: Slot) -> None:
         slot.actor = self.actor_cls.options(num_gpus=self.opts.gpus_per_worker, num_cpus=self.opts.cpus_per_worker,
                                             max_restarts=0, max_task_retries=0).remote(
-            self.cfg, self.factory, slot.name, self.opts.torch_threads)
+            self.cfg, self.factory, slot.name, self.opts.torch_threads, self.shapes)
         slot.ready = False
         self.inflight[slot.actor.info.remote()] = (slot, next(self.seq), None, [])
+        self.inflight[slot.actor.prepare.remote(self.shapes)] = (slot, next(self.seq), PREPARE, [])
         self.stats.workers.setdefault(slot.name, {"shards": 0, "done": 0, "failed": 0, "busy_seconds": 0.0})
 
     def _kill(self, slot: Slot) -> None:
@@ -135,7 +142,7 @@ class WorkerPool:
         for slot in self.slots:
             self._start(slot)
         self.last_progress = time.perf_counter()
-        while queue or any(v[2] is not None for v in self.inflight.values()):
+        while queue or any(_is_shard(v) for v in self.inflight.values()):
             self._dispatch()
             if not self.inflight:
                 raise RuntimeError("every worker failed to start; see the log for the actors' errors")
@@ -170,7 +177,7 @@ class WorkerPool:
                 self.inflight[slot.actor.process.remote(sid, items)] = (slot, next(self.seq), sid, items)
 
     def _busy(self, slot: Slot) -> int:
-        return sum(1 for v in self.inflight.values() if v[0] is slot and v[2] is not None)
+        return sum(1 for v in self.inflight.values() if v[0] is slot and _is_shard(v))
 
     def _check_hung(self) -> None:
         now = time.perf_counter()
@@ -187,15 +194,23 @@ class WorkerPool:
         except self.ray.exceptions.RayTaskError as exc:  # the shard raised; the actor lives on
             if sid is None:
                 self._lost(slot, f"worker failed to start: {exc}")
+            elif sid == PREPARE:
+                slot.ready = False  # a start failure: its queued shards are requeued uncharged
+                self._lost(slot, f"worker {slot.name} failed to prepare its backend: {_short(exc)}")
             else:
                 self._shard_failed(items, f"shard raised: {_short(exc)}")
             return
         except self.ray.exceptions.RayError as exc:  # the worker process is gone
+            if sid == PREPARE:
+                slot.ready = False  # died while preparing: a start failure, its shards are not charged
             self.inflight[ref] = (slot, seq, sid, items)  # let _lost account for it with the others
             self._lost(slot, f"worker {slot.name} lost: {_short(exc)}")
             return
         if sid is None:
             self._ready(slot, result)
+        elif sid == PREPARE:
+            self.stats.workers[slot.name]["prepare_seconds"] = round(result, 3)
+            log.info("worker %s prepared %d shapes in %.1fs", slot.name, len(self.shapes), result)
         else:
             self._shard_done(result)
 
@@ -217,7 +232,7 @@ class WorkerPool:
                     self._ready(slot, self.ray.get(r, timeout=10))
                 except Exception as exc:  # the actor never came up
                     log.debug("start probe of %s: %s", slot.name, _short(exc))
-        shards = [(v[2], v[3]) for _, _, v in mine if v[2] is not None]
+        shards = [(v[2], v[3]) for _, _, v in mine if _is_shard(v)]
         self._kill(slot)
         log.warning("%s (%d shard(s) outstanding)", reason, len(shards))
         if not slot.ready:
@@ -293,6 +308,11 @@ class WorkerPool:
         log.error("%s: %s", item.rel, why)
         self._finalize(ImageRecord(item.path, item.rel, "failed", reason=why, shape=list(item.hw) or None,
                                    worker=rec.worker if rec else None, attempts=n))
+
+
+def _is_shard(entry: tuple) -> bool:
+    """An ``inflight`` value that is a shard (not the start probe or the prepare task)."""
+    return entry[2] is not None and entry[2] != PREPARE
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -62,8 +62,10 @@ def poison_backend(dm, cfg, device, *, crash: bool = False):
 
 
 def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: int = 2):
-    """Kills its process once, at step ``after_steps + 1``, if ``marker`` does not exist yet.
+    """Kills its process once, at the first step after ``after_steps`` by which an output exists.
 
+    Outputs are written by the runner's writer threads, so the step waits for one to exist
+    (at the latest, the next shard's first step: a shard's writes all finish before it returns).
     Before dying it writes to ``marker`` the inode of every output already written, so a
     test can check that none of them was written again.
     """
@@ -73,6 +75,8 @@ def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: in
         if backend.steps > after_steps and not os.path.exists(marker):
             written = {str(p): p.stat().st_ino for p in Path(out_dir).rglob("*.png")
                        if not p.name.startswith(".") and "dreamfleet" not in p.name}
+            if not written:
+                return  # no output written yet: die at a later step
             tmp = f"{marker}.tmp"
             with open(tmp, "w") as fh:
                 json.dump({"pid": os.getpid(), "written": written}, fh)
@@ -94,3 +98,34 @@ def hanging_backend(dm, cfg, device, *, marker: str):
             time.sleep(3600)
 
     return _Wrapped(create_backend(dm, cfg, device), on_step)
+
+
+class _PrepareChecked(_Wrapped):
+    """Raises if ``step`` comes before ``prepare``; records each prepare (pid, shapes) in ``record_dir``."""
+
+    def __init__(self, inner: Backend, record_dir: str, die_marker: str | None, die_after: int) -> None:
+        super().__init__(inner, self._check)
+        self.record_dir, self.die_marker, self.die_after = record_dir, die_marker, die_after
+        self.prepared: list | None = None
+
+    def prepare(self, shapes):
+        self.prepared = [list(s) for s in shapes]
+        path = Path(self.record_dir) / f"prepare-{os.getpid()}.json"
+        path.write_text(json.dumps({"pid": os.getpid(), "shapes": self.prepared}))
+        self.inner.prepare(shapes)
+
+    def _check(self, _, x):
+        if self.prepared is None:
+            raise RuntimeError("step() before prepare(shapes)")
+        if self.die_marker and self.steps > self.die_after and not os.path.exists(self.die_marker):
+            Path(self.die_marker).write_text(str(os.getpid()))
+            log.error("dying after prepare on purpose (pid %d)", os.getpid())
+            os._exit(1)
+
+
+def prepare_checking_backend(dm, cfg, device, *, record_dir: str, die_marker: str | None = None,
+                             die_after: int = 2):
+    """A real backend that refuses ``step`` before ``prepare``; optionally kills its process once."""
+    from dreamfleet.backends import create_backend
+
+    return _PrepareChecked(create_backend(dm, cfg, device), record_dir, die_marker, die_after)

@@ -4,7 +4,9 @@
 hands a list of work items to an already built ``DreamRunner`` and returns the records
 plus timing. ``DreamWorker`` is the class the pool turns into a Ray actor: it builds the
 model and backend once (on the GPU Ray pinned through ``CUDA_VISIBLE_DEVICES``, or on CPU
-with a fixed torch thread count) and then processes shards until it is killed.
+with a fixed torch thread count), prepares the backend for the job's shapes (the pool calls
+``prepare`` right after the start probe; ``process`` re-checks, so no shard ever runs on an
+unprepared backend) and then processes shards until it is killed.
 """
 from __future__ import annotations
 
@@ -36,19 +38,33 @@ def process_shard(runner: DreamRunner, shard_id: int, items: list[WorkItem], wor
     return ShardResult(shard_id, worker, records, time.perf_counter() - t0)
 
 
+def ray_cpus() -> int:
+    """Whole CPUs Ray assigned to this actor (at least 1), or 0 outside a Ray actor."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return 0
+        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    except Exception:  # not inside Ray
+        return 0
+    return max(1, round(cpus))
+
+
 class DreamWorker:
     """Actor body: build once, then ``process`` shards. Created by ``cluster.pool.WorkerPool``."""
 
     def __init__(self, cfg: DreamConfig, backend_factory: BackendFactory, name: str,
-                 torch_threads: int = 1) -> None:
+                 torch_threads: int = 1, shapes: list[tuple[int, int, int]] | None = None) -> None:
         import torch
 
         self.name = name
         if not torch.cuda.is_available() and torch_threads > 0:
             torch.set_num_threads(torch_threads)
         t0 = time.perf_counter()
-        self.runner = DreamRunner(cfg, backend_factory, worker=name)
+        self.runner = DreamRunner(cfg, backend_factory, worker=name, cpu_budget=ray_cpus())
         self.build_seconds = time.perf_counter() - t0
+        self.shapes = [tuple(s) for s in shapes] if shapes is not None else None
         self.shapes_prepared = False
         log.info("worker %s ready on %s in %.1fs", name, self.runner.device, self.build_seconds)
 
@@ -62,15 +78,22 @@ class DreamWorker:
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "device": str(self.runner.device), "torch_threads": torch.get_num_threads(),
-                "build_seconds": round(self.build_seconds, 3), "backend": self.runner.backend.describe()}
+                "build_seconds": round(self.build_seconds, 3), "backend": self.runner.backend.describe(),
+                "io_threads": self.runner.io_threads}
 
-    def prepare(self, shapes: list[tuple[int, int, int]]) -> bool:
+    def prepare(self, shapes: list[tuple[int, int, int]] | None = None) -> float:
+        """``runner.prepare(shapes)`` once (default: the shapes given at construction); returns its seconds."""
+        t0 = time.perf_counter()
         if not self.shapes_prepared:
+            shapes = [tuple(s) for s in shapes] if shapes is not None else (self.shapes or [])
             self.runner.prepare(shapes)
             self.shapes_prepared = True
-        return True
+            log.info("worker %s prepared %d shapes in %.1fs", self.name, len(shapes), time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
     def process(self, shard_id: int, items: list[WorkItem]) -> ShardResult:
+        if not self.shapes_prepared and self.shapes is not None:  # never a shard on an unprepared backend
+            self.prepare(self.shapes)
         return process_shard(self.runner, shard_id, items, self.name)
 
     def close(self) -> bool:

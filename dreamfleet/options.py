@@ -76,6 +76,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--batch-size", "batch_size", "images per forward/backward", type=int)
     opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",
         type=int)
+    opt("--io-threads", "io_threads", "decode threads and write threads beside the device loop (0: the CPUs Ray "
+        "gave the worker, else the machine's cores; -1: inline, no overlap)", type=int)
     opt("--seed", "seed", "job seed; each image's jitter stream derives from it and the image's path", type=int)
     opt("--precision", "precision", "fp16 only on CUDA", choices=PRECISIONS)
     opt("--backend", "backend", "gradient backend", choices=BACKENDS)

@@ -22,7 +22,7 @@ OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
-               "preset", "cache_dir", "compile_mode", "threads"}
+               "preset", "cache_dir", "compile_mode", "threads", "io_threads"}
 
 
 @dataclass
@@ -54,6 +54,7 @@ class DreamConfig:
     # execution
     batch_size: int = 8
     threads: int = 0  # torch intra-op threads for an in-process job (0: torch's default, one per core)
+    io_threads: int = 0  # decode and write threads, each pool (0: Ray's CPUs for the actor, else the cores)
     seed: int = 0
     precision: str = "fp32"
     backend: str = "eager"
@@ -81,6 +82,8 @@ class DreamConfig:
             raise ValueError(f"octave_scale must be > 1, got {self.octave_scale}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        if self.io_threads < -1:
+            raise ValueError(f"io_threads must be >= 0 (0: automatic) or -1 (inline, no overlap), got {self.io_threads}")
         if self.jitter < 0 or self.snap < 1 or self.max_side < 0 or self.fixed_size < 0:
             raise ValueError("jitter, max_side and fixed_size must be >= 0 and snap >= 1")
         self.clamp_range()  # parses

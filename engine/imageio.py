@@ -4,6 +4,13 @@ Decoding applies EXIF orientation, takes a GIF's first frame, converts every mod
 P, RGBA, CMYK, 16-bit) to RGB and keeps alpha aside so it can be re-attached where the
 output format keeps it. The pixel limit is checked from the header, before decoding, so a
 decompression bomb is a recorded failure rather than a crash or an OOM.
+
+The job's loader, :func:`load_working_image`, shrinks before it converts to float: a JPEG
+is decoded DCT-scaled (Pillow ``draft``: 1/2, 1/4 or 1/8, never below the working size),
+8-bit images are resized in uint8 by Pillow (antialiased bilinear after an integer
+``reduce``), and only the working-size image becomes float32. 16-bit and float modes keep
+the full-precision float path. :func:`save_image` encodes, then writes through
+``atomic.atomic_write`` (temporary + rename; ``fsync`` optional, done by the writer threads).
 """
 from __future__ import annotations
 
@@ -11,17 +18,24 @@ import io
 import json
 import logging
 import os
-import uuid
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, PngImagePlugin
+
+from .atomic import TMP_SUFFIX, atomic_write  # noqa: F401  (TMP_SUFFIX re-exported)
 
 log = logging.getLogger(__name__)
 
-TMP_SUFFIX = ".dreamfleet-tmp"
+Source = str | Path | BinaryIO  # a path or a readable binary file object
+_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+REDUCING_GAP = 3.0  # Pillow: integer reduce() first while the ratio is >= 3x the target, then bilinear
 _EXIF_SWAPS_AXES = {5, 6, 7, 8}
 _FORMAT_BY_EXT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
                   ".bmp": "BMP", ".gif": "GIF"}
@@ -41,7 +55,17 @@ class LoadedImage:
     source_format: str | None
 
 
-def _guard_open(path: Path, max_pixels: int) -> Image.Image:
+def _source_size(src: Source) -> int:
+    if isinstance(src, (str, Path)):
+        return Path(src).stat().st_size if Path(src).exists() else 0
+    try:
+        src.seek(0, os.SEEK_END)
+        return src.tell()
+    except (OSError, AttributeError):
+        return 1
+
+
+def _guard_open(path: Source, max_pixels: int) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)  # Pillow's own bomb check at 2x our limit
     try:
         with warnings.catch_warnings():
@@ -50,7 +74,7 @@ def _guard_open(path: Path, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageLoadError(f"image exceeds the pixel limit of {max_pixels} (--max-pixels)") from None
     except Image.UnidentifiedImageError:
-        size = path.stat().st_size if path.exists() else 0
+        size = _source_size(path)
         raise ImageLoadError("empty file" if size == 0 else "not an image Pillow can identify") from None
     except OSError as exc:
         raise ImageLoadError(f"cannot open: {exc}") from None
@@ -81,9 +105,24 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
 
 
-def load_image(path: Path, max_pixels: int) -> LoadedImage:
-    """Decode ``path`` to float RGB (+alpha). Raises ImageLoadError with a clear reason."""
-    path = Path(path)
+def _has_alpha(im: Image.Image, mode: str) -> bool:
+    return mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info)
+
+
+def _float_rgb(im: Image.Image, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A loaded image -> (rgb [H,W,3], alpha [H,W] or None), float32 in [0, 1] at full size."""
+    if mode in _HIGH_DEPTH:
+        gray = _to_float(np.asarray(im))  # [H, W]
+        return np.repeat(gray[..., None], 3, axis=2), None
+    if _has_alpha(im, mode):
+        arr = np.asarray(im.convert("RGBA"))
+        return _to_float(arr[..., :3]), _to_float(arr[..., 3])
+    return _to_float(np.asarray(im.convert("RGB"))), None
+
+
+def load_image(path: Source, max_pixels: int) -> LoadedImage:
+    """Decode ``path`` to float RGB (+alpha) at full size. Raises ImageLoadError with a clear reason."""
+    path = Path(path) if isinstance(path, str) else path
     try:
         with _guard_open(path, max_pixels) as im:
             fmt = im.format
@@ -91,23 +130,79 @@ def load_image(path: Path, max_pixels: int) -> LoadedImage:
             mode = im.mode
             im = ImageOps.exif_transpose(im)
             im.load()
-            alpha = None
-            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                gray = _to_float(np.asarray(im))  # [H, W]
-                rgb = np.repeat(gray[..., None], 3, axis=2)
-            else:
-                has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
-                if has_alpha:
-                    rgba = im.convert("RGBA")
-                    arr = np.asarray(rgba)
-                    rgb, alpha = _to_float(arr[..., :3]), _to_float(arr[..., 3])
-                else:
-                    rgb = _to_float(np.asarray(im.convert("RGB")))
+            rgb, alpha = _float_rgb(im, mode)
     except ImageLoadError:
         raise
     except Exception as exc:  # truncated data, broken codecs, ...
         raise ImageLoadError(f"cannot decode: {type(exc).__name__}: {exc}") from None
     return LoadedImage(np.ascontiguousarray(rgb), alpha, mode, fmt)
+
+
+@dataclass
+class WorkingImage:
+    pixels: torch.Tensor  # [3, H, W] float32 in [0, 1] at the working size
+    alpha: np.ndarray | None  # [H, W] float32 in [0, 1] at the working size, or None
+    source_mode: str
+    source_format: str | None
+    seconds: dict = field(default_factory=dict)  # decode, resize
+
+
+def _draft(im: Image.Image, hw: tuple[int, int]) -> None:
+    """Ask the JPEG decoder for a DCT-scaled image no smaller than ``hw`` (as stored, before EXIF)."""
+    h, w = hw
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is not fatal
+        orientation = 1
+    size = (h, w) if orientation in _EXIF_SWAPS_AXES else (w, h)
+    im.draft(None, size)
+
+
+def load_working_image(src: Source, hw: tuple[int, int], max_pixels: int) -> WorkingImage:
+    """Decode ``src`` (path or binary file object) straight to the working size ``hw`` = (H, W).
+
+    Same modes, EXIF, alpha and pixel-limit handling as :func:`load_image`; raises
+    ImageLoadError with the same reasons. Alpha is resized as ``save_image`` would (Lanczos, 8-bit).
+    """
+    from .sizing import to_tensor
+
+    src = Path(src) if isinstance(src, str) else src
+    h, w = hw
+    t0 = time.perf_counter()
+    try:
+        with _guard_open(src, max_pixels) as im:
+            fmt = im.format
+            im.seek(0)  # first frame of animations
+            mode = im.mode
+            if fmt in ("JPEG", "MPO") and mode not in _HIGH_DEPTH:  # MPO: cameras' multi-picture JPEG
+                _draft(im, hw)
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            if mode in _HIGH_DEPTH:  # full precision: float at full size, torch resize (as before)
+                rgb, alpha = _float_rgb(im, mode)
+                t1 = time.perf_counter()
+                return WorkingImage(to_tensor(rgb, hw), alpha, mode, fmt,
+                                    {"decode": t1 - t0, "resize": time.perf_counter() - t1})
+            a_im = None
+            if _has_alpha(im, mode):
+                rgba = im.convert("RGBA")
+                rgb_im, a_im = rgba.convert("RGB"), rgba.getchannel("A")  # straight (not premultiplied) colour
+            else:
+                rgb_im = im.convert("RGB")
+            t1 = time.perf_counter()
+            if rgb_im.size != (w, h):
+                rgb_im = rgb_im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
+            pixels = torch.from_numpy(np.asarray(rgb_im).copy()).permute(2, 0, 1).float().div_(255.0)  # [3,H,W]
+            alpha = None
+            if a_im is not None:
+                if a_im.size != (w, h):
+                    a_im = a_im.resize((w, h), Image.Resampling.LANCZOS)
+                alpha = np.asarray(a_im).astype(np.float32) / 255.0  # [H, W]
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # truncated data, broken codecs, ...
+        raise ImageLoadError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+    return WorkingImage(pixels.contiguous(), alpha, mode, fmt, {"decode": t1 - t0, "resize": time.perf_counter() - t1})
 
 
 def format_for(path: Path) -> str:
@@ -133,8 +228,8 @@ def _encode(img: Image.Image, fmt: str, meta: str) -> dict:
     return {}
 
 
-def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict) -> None:
-    """Write rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) to ``path`` atomically."""
+def encode_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict) -> bytes:
+    """rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) -> the file's bytes, format from ``path``."""
     path = Path(path)
     fmt = format_for(path)
     arr = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -144,19 +239,14 @@ def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: 
         if a.size != img.size:
             a = a.resize(img.size, Image.Resampling.LANCZOS)
         img.putalpha(a)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     buf = io.BytesIO()
     img.save(buf, format=fmt, **_encode(img, fmt, json.dumps(metadata, sort_keys=True)))
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return buf.getvalue()
+
+
+def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict, fsync: bool = True) -> None:
+    """Write rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) to ``path`` atomically."""
+    atomic_write(path, encode_image(path, rgb, alpha, metadata), fsync=fsync)
 
 
 def read_metadata(path: Path) -> dict | None:

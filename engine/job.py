@@ -160,6 +160,8 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_fa
                 runner.process(plan.todo, on_record=lambda r: (report.add(r), bar.update(1)))
                 bar.close()
                 report.work_seconds = time.perf_counter() - t_work
+                report.extra["io_threads"] = runner.io_threads
+                report.extra["host_ms_per_image"] = runner.stages.per_image_ms()  # summed over threads
             finally:
                 runner.close()
         report.write()

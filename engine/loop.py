@@ -4,6 +4,10 @@ Per image: an octave pyramid (smallest first), detail carried from each octave t
 next, ``iterations`` steps per octave, random roll jitter undone after each step, the
 gradient normalized per image, the result clamped. The backend only supplies gradients;
 everything here is identical for every backend.
+
+The per-step work is flat: every shift of a dream is drawn and uploaded before the first
+step (``JitterSchedule``), each roll is one gather for the whole batch, and nothing in the
+step loop reads a device value on the host (no sync until the runner's ``synchronize``).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 
 from .backends.base import Backend
 from .config import DreamConfig
-from .jitter import draw_shifts, image_rng, roll
+from .jitter import JitterSchedule, draw_shifts, image_rng, roll_batched, roll_indexed
 from .models import ModelSpec
 from .octaves import build_pyramid, resize_to, usable_octaves
 from .space import ImageSpace
@@ -21,11 +25,27 @@ from .space import ImageSpace
 log = logging.getLogger(__name__)
 
 
+def _roll_pair(rngs, cfg: DreamConfig, z: torch.Tensor):
+    """(roll, unroll) functions for this step, or None when no image moves."""
+    if isinstance(rngs, JitterSchedule):
+        idx = rngs.next_index(z.shape[-2], z.shape[-1])  # ([N, H*W], [N, H*W]) flat indices
+        return None if idx is None else (lambda t: roll_indexed(t, idx[0]), lambda t: roll_indexed(t, idx[1]))
+    shifts = draw_shifts(rngs, cfg.jitter)  # a list of per-image generators: draw one step now
+    if all(s == (0, 0) for s in shifts):
+        return None
+    sh = torch.tensor(shifts, dtype=torch.int64, device=z.device)  # [N, 2]
+    return lambda t: roll_batched(t, sh), lambda t: roll_batched(t, sh, sign=-1)
+
+
 def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace) -> torch.Tensor:
-    """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W]."""
-    shifts = draw_shifts(rngs, cfg.jitter)
-    _, grad = backend.step(roll(z, shifts))  # grad: [N,3,H,W], in the rolled frame
-    grad = roll(grad, shifts, sign=-1)
+    """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W].
+
+    ``rngs``: the dream's ``JitterSchedule``, or one numpy generator per image (draws this step).
+    """
+    rolls = _roll_pair(rngs, cfg, z)
+    _, grad = backend.step(z if rolls is None else rolls[0](z))  # grad: [N,3,H,W], in the rolled frame
+    if rolls is not None:
+        grad = rolls[1](grad)
     return space.update(z, grad, cfg.step, cfg.grad_norm)
 
 
@@ -42,7 +62,7 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
     n_oct = usable_octaves(h, w, cfg.octaves, cfg.octave_scale, spec.min_size)
     if n_oct < cfg.octaves:
         log.info("%dx%d: %d of %d octaves fit the model's %d px minimum", w, h, n_oct, cfg.octaves, spec.min_size)
-    rngs = [image_rng(cfg.seed, k) for k in keys]
+    rngs = JitterSchedule([image_rng(cfg.seed, k) for k in keys], cfg.jitter, n_oct * cfg.iterations, base.device)
     pyramid = build_pyramid(base, n_oct, cfg.octave_scale, cfg.interpolation)  # largest first
     detail = torch.zeros_like(pyramid[-1])
     z = pyramid[-1]

@@ -70,3 +70,13 @@ def test_table_and_chart_include_cluster_rows(tmp_path):
     assert "cluster_cpu.jsonl" in text and "| cluster_2w |" in text and "1.7" in text
     rows = report.cluster_rows(tmp_path / "cluster_cpu.jsonl")
     assert [r["case"] for r in rows] == ["in_process", "cluster_2w"] and rows[1]["images_per_s"] == 3.74
+
+
+def test_pipeline_bench_smoke_row(tmp_path):
+    from dreamfleet.benchmarks.pipeline_bench import format_row, run_pipeline_bench
+
+    row = run_pipeline_bench(images=3, repeats=1, device_ms=0.5, results=tmp_path / "p.jsonl")
+    assert row["simulated_device"] and set(row["images_per_s"]) >= {"naive", "host_only", "balanced", "device"}
+    assert 0 < row["efficiency"] and row["decode_psnr"]["min_db"] > 30
+    assert {"decode", "resize", "loop", "encode", "write"} <= set(row["host_ms_per_image"])
+    assert "SIMULATED" in format_row(row) and (tmp_path / "p.jsonl").read_text().count("\n") == 1

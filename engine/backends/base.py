@@ -10,13 +10,25 @@ Life cycle (Polygraphy style)::
     with backend:                      # __enter__ -> self, __exit__ -> close()
         backend.prepare(shapes)        # every (N, H, W) the job will run
         obj, grad = backend.step(x)    # x[N,3,H,W] -> obj[N], grad[N,3,H,W]
-        backend.synchronize()          # once per batch, before results go to the host
+        fence = backend.fence()        # after a batch's steps: a marker in the device's queue
+        fence.wait()                   # the host waits for that batch only (later ones keep running)
+        backend.synchronize()          # wait for everything queued so far
 """
 from __future__ import annotations
 
 import abc
 
 import torch
+
+
+class Fence:
+    """A point in a backend's device queue; ``wait()`` returns once the device has passed it."""
+
+    def __init__(self, wait) -> None:
+        self._wait = wait
+
+    def wait(self) -> None:
+        self._wait()
 
 
 class Backend(abc.ABC):
@@ -51,6 +63,21 @@ class Backend(abc.ABC):
         """
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
+
+    def fence(self) -> "Fence":
+        """A marker after the work queued so far; ``fence().wait()`` blocks until the device passed it.
+
+        The runner takes one after each batch's steps and its copy to the host, queues the next
+        batch, and only then waits on the fence, so the device never idles while the host wakes
+        up. The default records a CUDA event on the current stream (on CUDA), else synchronizes;
+        a backend that overrides ``synchronize`` (its own streams) gets ``synchronize`` here too
+        unless it also overrides ``fence``.
+        """
+        if self.device.type == "cuda" and type(self).synchronize is Backend.synchronize:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            return Fence(event.synchronize)
+        return Fence(self.synchronize)
 
     def close(self) -> None:
         """Release sessions, engines and device memory. Safe to call twice."""

@@ -17,6 +17,14 @@ from .eager import EagerBackend
 log = logging.getLogger(__name__)
 
 
+def recompile_budget(shapes: list[tuple[int, int, int]]) -> int:
+    """Graphs a job may need: every batch size 1..max N (split and shard-remainder batches) at each (H, W)."""
+    if not shapes:
+        return 8
+    sizes = {(h, w) for _, h, w in shapes}
+    return len(sizes) * max(n for n, _, _ in shapes) + 8
+
+
 class CompiledBackend(EagerBackend):
     name = "compile"
 
@@ -29,7 +37,9 @@ class CompiledBackend(EagerBackend):
     def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
         import torch._dynamo.config as dynamo_config
 
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(shapes) + 8)
+        budget = recompile_budget(shapes)
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, budget)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * budget)
         for n, h, w in shapes:
             t0 = time.perf_counter()
             self.step(torch.zeros(n, 3, h, w, device=self.device, dtype=self.dtype))
