@@ -2,8 +2,9 @@
 
 Per image: an octave pyramid (smallest first), detail carried from each octave to the
 next, ``iterations`` steps per octave, random roll jitter undone after each step, the
-gradient normalized per image, the result clamped. The backend only supplies gradients;
-everything here is identical for every backend.
+gradient optionally smoothed (``engine/smoothing.py``) and normalized per image, the
+result clamped. The backend only supplies gradients; everything here is identical for
+every backend.
 """
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ from .config import DreamConfig
 from .jitter import draw_shifts, image_rng, roll
 from .models import ModelSpec
 from .octaves import build_pyramid, resize_to, usable_octaves
+from .smoothing import smooth_gradient
 from .space import ImageSpace
 
 log = logging.getLogger(__name__)
 
 
-def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace) -> torch.Tensor:
-    """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W]."""
+def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace,
+                it: int = 0) -> torch.Tensor:
+    """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W]; ``it``: iteration within the octave."""
     shifts = draw_shifts(rngs, cfg.jitter)
     _, grad = backend.step(roll(z, shifts))  # grad: [N,3,H,W], in the rolled frame
     grad = roll(grad, shifts, sign=-1)
+    # gradient smoothing (issue 13): per image, identity for smooth="none"
+    grad = smooth_gradient(grad, cfg.smooth, cfg.sigma_range(), cfg.lap_levels, it, cfg.iterations, space.unit)
     return space.update(z, grad, cfg.step, cfg.grad_norm)
 
 
@@ -50,8 +55,8 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
         if level > 0:
             detail = resize_to(detail, tuple(octave_base.shape[-2:]), cfg.interpolation)
         z = octave_base + detail  # [N,3,h,w]
-        for _ in range(cfg.iterations):
-            z = ascent_step(backend, z, rngs, cfg, space)
+        for it in range(cfg.iterations):
+            z = ascent_step(backend, z, rngs, cfg, space, it)
         detail = z - octave_base
     return z
 
