@@ -101,6 +101,13 @@ def test_smoothing_is_per_image_and_sigma_schedule():
     assert [sigma_at(0.5, 2.0, i, 4) for i in range(4)] == [0.5, 1.0, 1.5, 2.0] and sigma_at(1.0, 3.0, 0, 1) == 1.0
 
 
+def test_no_host_reads_runs_on_meta_tensors():
+    # meta tensors hold no data: any .item(), data-dependent branch or host copy would raise here
+    g, unit = torch.empty(2, 3, 45, 70, device="meta"), torch.empty(1, 3, 1, 1, device="meta")
+    for mode in ("gaussian", "laplacian"):
+        assert smooth_gradient(g, mode, (0.5, 2.0), 4, 3, 10, unit).shape == g.shape
+
+
 class _StubBackend(Backend):
     """Any backend: the loop only sees (objective, gradient). Gradient = a fixed pattern, whatever x is."""
     name = "stub"
