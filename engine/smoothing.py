@@ -2,7 +2,8 @@
 
 Applied by the loop to the backend's gradient (rolled back to the image frame) just before
 the update, so it works the same for every backend. Both modes are batched tensor ops with
-no per-image Python loop and no host sync, and neither couples the images of a batch:
+no per-image Python loop and no host sync (kernels are made on the device, never copied from
+host lists), and neither couples the images of a batch:
 
 - ``gaussian``: a separable depthwise blur (replicate padding, kernel radius ceil(3 sigma));
   sigma goes linearly from START at an octave's first iteration to END at its last
@@ -55,7 +56,9 @@ def gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _binomial(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device, dtype=dtype) / 16.0  # [5]
+    """[1, 4, 6, 4, 1] / 16 built on the device (6 - 1.5|t| - 0.5t^2 is exact): no host-to-device copy."""
+    t = torch.arange(-2, 3, device=device, dtype=dtype).abs()  # [5]
+    return (6.0 - 1.5 * t - 0.5 * t * t) / 16.0
 
 
 def _down(x: torch.Tensor) -> torch.Tensor:

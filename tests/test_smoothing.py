@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dreamfleet.cli import main
 from dreamfleet.engine.backends.base import Backend
@@ -101,11 +102,29 @@ def test_smoothing_is_per_image_and_sigma_schedule():
     assert [sigma_at(0.5, 2.0, i, 4) for i in range(4)] == [0.5, 1.0, 1.5, 2.0] and sigma_at(1.0, 3.0, 0, 1) == 1.0
 
 
-def test_no_host_reads_runs_on_meta_tensors():
-    # meta tensors hold no data: any .item(), data-dependent branch or host copy would raise here
+class _OpLog(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_host_sync_or_host_copy():
+    # meta tensors hold no data: any .item() or data-dependent branch would raise here
     g, unit = torch.empty(2, 3, 45, 70, device="meta"), torch.empty(1, 3, 1, 1, device="meta")
     for mode in ("gaussian", "laplacian"):
         assert smooth_gradient(g, mode, (0.5, 2.0), 4, 3, 10, unit).shape == g.shape
+    # and no op that reads a value to the host or copies a host list to the device (a sync on CUDA)
+    g, unit = _noise(2, 45, 70), torch.ones(1, 3, 1, 1, dtype=torch.float64)
+    for mode in ("gaussian", "laplacian"):
+        with _OpLog() as log:
+            smooth_gradient(g, mode, (0.5, 2.0), 4, 3, 10, unit)
+        assert "convolution" in log.ops
+        assert not log.ops & {"_local_scalar_dense", "lift_fresh", "_to_copy", "copy_", "nonzero", "is_nonzero",
+                              "equal"}, log.ops
 
 
 class _StubBackend(Backend):
