@@ -12,9 +12,12 @@ from dreamfleet.backends import BACKENDS
 from dreamfleet.engine.config import (
     GRAD_NORMS,
     INTERPOLATIONS,
+    LAP_LEVELS_RANGE,
     OUTPUT_FORMATS,
     PRECISIONS,
     PRESETS,
+    SMOOTH_MODES,
+    SMOOTH_SIGMA_MAX,
     STEP_UNITS,
     DreamConfig,
     load_toml,
@@ -44,7 +47,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     p.add_argument("-o", "--output", required=True, help="output folder; results mirror the inputs' relative paths")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="named parameter set: classic (Google 2015, BVLC GoogLeNet) or seed (the seed article)")
+                   help="named parameter set: classic (Google 2015, BVLC GoogLeNet), seed (the seed article) "
+                        "or smooth (classic + Laplacian gradient normalization)")
     p.add_argument("--config", default=None, metavar="FILE.toml", help="job file; its keys are the options below")
     g = p.add_argument_group("what is dreamed")
     opt("--model", "model", "network", choices=list_models())
@@ -65,6 +69,13 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--jitter", "jitter", "max random roll in pixels", type=int)
     opt("--clamp", "clamp", "'pixel' (valid pixel range) or 'LO,HI' in normalized units")
     opt("--interpolation", "interpolation", "octave resampling", choices=INTERPOLATIONS)
+    g = p.add_argument_group("gradient smoothing (between the backend's gradient and the update)")
+    opt("--smooth", "smooth", "gaussian = blurred gradient; laplacian = each Laplacian band at unit std (lapnorm)",
+        choices=SMOOTH_MODES)
+    opt("--smooth-sigma", "smooth_sigma", f"gaussian sigma in px, START,END over each octave's iterations "
+        f"(or one value), each in [0, {SMOOTH_SIGMA_MAX:g}]")
+    opt("--lap-levels", "lap_levels", f"laplacian: pyramid bands, {LAP_LEVELS_RANGE[0]}..{LAP_LEVELS_RANGE[1]}",
+        type=int)
     g = p.add_argument_group("image sizes and files")
     opt("--max-side", "max_side", "longest side dreamed, px (0: keep)", type=int)
     opt("--snap", "snap", "round sides to a multiple of this, px", type=int)

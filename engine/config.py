@@ -19,6 +19,13 @@ STEP_UNITS = ("pixel", "normalized")
 GRAD_NORMS = ("mean_abs", "l2")
 INTERPOLATIONS = ("bilinear", "nearest")
 OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
+SMOOTH_MODES = ("none", "gaussian", "laplacian")  # gradient smoothing (engine/smoothing.py)
+SMOOTH_SIGMA_MAX = 10.0  # px; --smooth-sigma values lie in [0, SMOOTH_SIGMA_MAX]
+LAP_LEVELS_RANGE = (1, 8)  # --lap-levels: bands of the Laplacian pyramid
+# smoothing fields a mode does not use are left out of the parameter hash, so the hashes of
+# jobs without smoothing (classic, seed, every existing output folder) are what they were before
+_SMOOTH_UNUSED = {"none": ("smooth", "smooth_sigma", "lap_levels"), "gaussian": ("lap_levels",),
+                  "laplacian": ("smooth_sigma",)}
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
@@ -45,6 +52,10 @@ class DreamConfig:
     jitter: int = 32  # max random roll in pixels, undone after each step
     clamp: str = "pixel"  # "pixel": keep the valid [0,1] pixel range; "LO,HI": clamp in normalized units
     interpolation: str = "bilinear"  # octave resampling
+    # gradient smoothing, between the backend's gradient and the update (engine/smoothing.py)
+    smooth: str = "none"  # none | gaussian | laplacian
+    smooth_sigma: str = "0.5,2"  # gaussian: "START,END" px over an octave's iterations, or one value
+    lap_levels: int = 4  # laplacian: bands (levels - 1 band-pass + the low-pass residual)
     # image sizes
     max_side: int = 512  # downscale so the longer side is at most this (0: keep)
     snap: int = 32  # round sides to a multiple of this, so images fall into few shape buckets
@@ -87,8 +98,31 @@ class DreamConfig:
         if self.jitter < 0 or self.snap < 1 or self.max_side < 0 or self.fixed_size < 0:
             raise ValueError("jitter, max_side and fixed_size must be >= 0 and snap >= 1")
         self.clamp_range()  # parses
+        self._validate_smoothing()
         self.channels = tuple(int(c) for c in self.channels)
         return self
+
+    def _validate_smoothing(self) -> None:
+        _choice("smooth", self.smooth, SMOOTH_MODES)
+        lo, hi = LAP_LEVELS_RANGE
+        if not lo <= self.lap_levels <= hi:
+            raise ValueError(f"lap_levels must be in {lo}..{hi} (Laplacian bands), got {self.lap_levels}")
+        self.smooth_sigma = ",".join(f"{s:g}" for s in self.sigma_range())  # canonical, for the hash
+
+    def sigma_range(self) -> tuple[float, float]:
+        """(start, end) Gaussian sigma in px; one value means a constant sigma."""
+        raw = self.smooth_sigma
+        parts = list(raw) if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        valid = f"'START,END' or 'SIGMA', each in [0, {SMOOTH_SIGMA_MAX:g}] px (e.g. '0.5,2')"
+        try:
+            values = [float(v) for v in parts]
+        except (TypeError, ValueError):
+            raise ValueError(f"smooth_sigma must be {valid}, got {raw!r}") from None
+        if len(values) == 1:
+            values *= 2
+        if len(values) != 2 or not all(0.0 <= v <= SMOOTH_SIGMA_MAX for v in values):
+            raise ValueError(f"smooth_sigma must be {valid}, got {raw!r}")
+        return values[0], values[1]
 
     def _coerce_types(self) -> None:
         """TOML and Python callers may give 2 for 2.0 or "4" for 4: convert, or say which field is wrong."""
@@ -123,7 +157,8 @@ class DreamConfig:
         return lo, hi
 
     def hashed_params(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
+        unused = _NOT_HASHED.union(_SMOOTH_UNUSED.get(self.smooth, ()))
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
 
     def param_hash(self) -> str:
         """Short stable hash of everything that changes output pixels."""
@@ -141,6 +176,8 @@ PRESETS: dict[str, dict] = {
                  step=0.1, step_units="normalized", grad_norm="l2", jitter=0, clamp="-3,3", interpolation="nearest",
                  fixed_size=224),
 }
+# classic with the gradient normalized per Laplacian band (the TensorFlow notebook's lapnorm)
+PRESETS["smooth"] = dict(PRESETS["classic"], smooth="laplacian", lap_levels=4)
 
 
 def _choice(name: str, value, valid) -> None:

@@ -2,8 +2,9 @@
 
 Per image: an octave pyramid (smallest first), detail carried from each octave to the
 next, ``iterations`` steps per octave, random roll jitter undone after each step, the
-gradient normalized per image, the result clamped. The backend only supplies gradients;
-everything here is identical for every backend.
+gradient optionally smoothed (``engine/smoothing.py``) and normalized per image, the
+result clamped. The backend only supplies gradients; everything here is identical for
+every backend.
 
 The per-step work is flat: every shift of a dream is drawn and uploaded before the first
 step (``JitterSchedule``), each roll is one gather for the whole batch, and nothing in the
@@ -20,6 +21,7 @@ from .config import DreamConfig
 from .jitter import JitterSchedule, draw_shifts, image_rng, roll_batched, roll_indexed
 from .models import ModelSpec
 from .octaves import build_pyramid, resize_to, usable_octaves
+from .smoothing import smooth_gradient
 from .space import ImageSpace
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,19 @@ def _roll_pair(rngs, cfg: DreamConfig, z: torch.Tensor):
     return lambda t: roll_batched(t, sh), lambda t: roll_batched(t, sh, sign=-1)
 
 
-def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace) -> torch.Tensor:
+def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace,
+                it: int = 0) -> torch.Tensor:
     """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W].
 
-    ``rngs``: the dream's ``JitterSchedule``, or one numpy generator per image (draws this step).
+    ``rngs``: the dream's ``JitterSchedule``, or one numpy generator per image (draws this step);
+    ``it``: the iteration within the octave (drives the smoothing schedule).
     """
     rolls = _roll_pair(rngs, cfg, z)
     _, grad = backend.step(z if rolls is None else rolls[0](z))  # grad: [N,3,H,W], in the rolled frame
     if rolls is not None:
         grad = rolls[1](grad)
+    # gradient smoothing (issue 13): per image, identity for smooth="none"
+    grad = smooth_gradient(grad, cfg.smooth, cfg.sigma_range(), cfg.lap_levels, it, cfg.iterations, space.unit)
     return space.update(z, grad, cfg.step, cfg.grad_norm)
 
 
@@ -70,8 +76,8 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
         if level > 0:
             detail = resize_to(detail, tuple(octave_base.shape[-2:]), cfg.interpolation)
         z = octave_base + detail  # [N,3,h,w]
-        for _ in range(cfg.iterations):
-            z = ascent_step(backend, z, rngs, cfg, space)
+        for it in range(cfg.iterations):
+            z = ascent_step(backend, z, rngs, cfg, space, it)
         detail = z - octave_base
     return z
 

@@ -1,6 +1,7 @@
 """Batched == one-by-one: an image's result does not depend on the batch it landed in."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dreamfleet.engine.backends.eager import EagerBackend
@@ -48,8 +49,10 @@ def test_gradients_do_not_couple_images():
     torch.testing.assert_close(g_batch2[:1], g0, rtol=1e-5, atol=1e-6)
 
 
-def test_whole_dream_batched_equals_single_fp64():
-    cfg = make_config("classic", overrides=dict(octaves=3, iterations=3, jitter=8, precision="fp64", layer="inception4a"))
+@pytest.mark.parametrize("smooth", ["none", "gaussian", "laplacian"])
+def test_whole_dream_batched_equals_single_fp64(smooth):
+    cfg = make_config("classic", overrides=dict(octaves=3, iterations=3, jitter=8, precision="fp64", layer="inception4a",
+                                                smooth=smooth, smooth_sigma="0.5,2", lap_levels=4))
     dm = build_dream_model(cfg.model, cfg.layer)
     be = EagerBackend(dm.module, torch.device("cpu"), "fp64")
     x = _images(3, 96, 96, torch.float64)

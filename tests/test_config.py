@@ -20,7 +20,7 @@ def test_presets():
     assert classic.layer == "inception4c" and classic.step_units == "pixel" and classic.grad_norm == "mean_abs"
     assert (seed.octaves, seed.iterations, seed.step, seed.jitter, seed.fixed_size) == (3, 20, 0.1, 0, 224)
     assert seed.clamp_range() == (-3.0, 3.0) and seed.interpolation == "nearest" and seed.objective == "norm"
-    assert set(PRESETS) == {"classic", "seed"}
+    assert set(PRESETS) == {"classic", "seed", "smooth"}
 
 
 @pytest.mark.parametrize("bad,match", [({"precision": "fp8"}, "valid: fp32, fp64, bf16, fp16"),
@@ -30,7 +30,7 @@ def test_presets():
 def test_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         make_config("classic", overrides=bad)
-    with pytest.raises(ValueError, match="valid: classic, seed"):
+    with pytest.raises(ValueError, match="valid: classic, seed, smooth"):
         make_config("nope")
 
 
