@@ -3,10 +3,13 @@
 Decoding applies EXIF orientation, takes a GIF's first frame, converts every mode (L, LA,
 P, RGBA, CMYK, 16-bit) to RGB and keeps alpha aside so it can be re-attached where the
 output format keeps it. The pixel limit is checked from the header, before decoding, so a
-decompression bomb is a recorded failure rather than a crash or an OOM.
+decompression bomb is a recorded failure rather than a crash or an OOM. Paths may be
+object-store URLs: reads stream from ``Storage.open_read`` into Pillow (no temporary files),
+writes encode to bytes and go through ``Storage.write_bytes`` (one PUT).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -18,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
+
+from .storage import URL, Storage, is_url, location
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,22 @@ class LoadedImage:
     source_format: str | None
 
 
-def _guard_open(path: Path, max_pixels: int) -> Image.Image:
+@contextlib.contextmanager
+def _source(path, storage: Storage | None):
+    """A local Path as is, or an open stream of an object (closed afterwards); read errors -> ImageLoadError."""
+    path = location(path)
+    if isinstance(path, Path):
+        yield path
+        return
+    try:
+        fh = (storage or Storage()).open_read(path)
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    with fh:
+        yield fh
+
+
+def _guard_open(path, max_pixels: int) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)  # Pillow's own bomb check at 2x our limit
     try:
         with warnings.catch_warnings():
@@ -50,7 +70,10 @@ def _guard_open(path: Path, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageLoadError(f"image exceeds the pixel limit of {max_pixels} (--max-pixels)") from None
     except Image.UnidentifiedImageError:
-        size = path.stat().st_size if path.exists() else 0
+        if isinstance(path, Path):
+            size = path.stat().st_size if path.exists() else 0
+        else:  # a stream
+            size = path.seek(0, io.SEEK_END)
         raise ImageLoadError("empty file" if size == 0 else "not an image Pillow can identify") from None
     except OSError as exc:
         raise ImageLoadError(f"cannot open: {exc}") from None
@@ -61,9 +84,9 @@ def _guard_open(path: Path, max_pixels: int) -> Image.Image:
     return im
 
 
-def probe_size(path: Path, max_pixels: int) -> tuple[int, int]:
+def probe_size(path: Path | URL, max_pixels: int, storage: Storage | None = None) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
-    with _guard_open(path, max_pixels) as im:
+    with _source(path, storage) as src, _guard_open(src, max_pixels) as im:
         w, h = im.size
         try:
             orientation = im.getexif().get(0x0112, 1)
@@ -81,11 +104,11 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
 
 
-def load_image(path: Path, max_pixels: int) -> LoadedImage:
+def load_image(path: Path | URL | str, max_pixels: int, storage: Storage | None = None) -> LoadedImage:
     """Decode ``path`` to float RGB (+alpha). Raises ImageLoadError with a clear reason."""
-    path = Path(path)
+    path = location(path)
     try:
-        with _guard_open(path, max_pixels) as im:
+        with _source(path, storage) as src, _guard_open(src, max_pixels) as im:
             fmt = im.format
             im.seek(0)  # first frame of animations
             mode = im.mode
@@ -110,7 +133,7 @@ def load_image(path: Path, max_pixels: int) -> LoadedImage:
     return LoadedImage(np.ascontiguousarray(rgb), alpha, mode, fmt)
 
 
-def format_for(path: Path) -> str:
+def format_for(path: Path | URL) -> str:
     try:
         return _FORMAT_BY_EXT[path.suffix.lower()]
     except KeyError:
@@ -133,9 +156,10 @@ def _encode(img: Image.Image, fmt: str, meta: str) -> dict:
     return {}
 
 
-def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict) -> None:
+def save_image(path: Path | URL | str, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict,
+               storage: Storage | None = None) -> None:
     """Write rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) to ``path`` atomically."""
-    path = Path(path)
+    path = location(path)
     fmt = format_for(path)
     arr = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
@@ -144,6 +168,11 @@ def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: 
         if a.size != img.size:
             a = a.resize(img.size, Image.Resampling.LANCZOS)
         img.putalpha(a)
+    if is_url(path):  # one PUT of the encoded bytes: atomic by construction
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **_encode(img, fmt, json.dumps(metadata, sort_keys=True)))
+        (storage or Storage()).write_bytes(path, buf.getvalue())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     buf = io.BytesIO()
@@ -159,9 +188,9 @@ def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: 
             tmp.unlink()
 
 
-def read_metadata(path: Path) -> dict | None:
+def read_metadata(path: Path | URL | str, storage: Storage | None = None) -> dict | None:
     """The dream parameters embedded in an output, or None."""
-    with Image.open(path) as im:
+    with _source(path, storage) as src, Image.open(src) as im:
         raw = im.info.get("dreamfleet") or im.info.get("comment")
         if raw is None:
             raw = im.getexif().get(0x010E)

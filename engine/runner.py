@@ -12,7 +12,6 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,6 +26,7 @@ from .models import get_spec
 from .report import ImageRecord
 from .sizing import to_tensor, working_size
 from .space import ImageSpace
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class DreamRunner:
 
     def __init__(self, cfg: DreamConfig, backend_factory: BackendFactory, worker: str | None = None) -> None:
         self.cfg, self.worker = cfg, worker
+        self.storage = Storage.for_config(cfg)  # inputs/outputs may be object-store URLs: read/written here
         self.device = resolve_device(cfg.device)
         guide = self._load_guide() if cfg.guide else None
         self.dm = build_dream_model(cfg.model, cfg.layer, cfg.objective, cfg.channels, cfg.weights,
@@ -62,7 +63,7 @@ class DreamRunner:
 
     def _load_guide(self) -> torch.Tensor:
         """The guide image at its working size, in the model's normalized space: [1,3,H,W]."""
-        img = load_image(Path(self.cfg.guide), self.cfg.max_pixels)
+        img = load_image(self.cfg.guide, self.cfg.max_pixels, self.storage)
         h, w = img.rgb.shape[:2]
         x = to_tensor(img.rgb, working_size(w, h, self.cfg))[None]  # [1,3,H,W] pixels
         space = ImageSpace.create(get_spec(self.cfg.model), self.cfg, torch.device("cpu"), torch.float32)
@@ -98,7 +99,7 @@ class DreamRunner:
         for item in batch:
             t0 = time.perf_counter()
             try:
-                img = load_image(Path(item.path), self.cfg.max_pixels)
+                img = load_image(item.path, self.cfg.max_pixels, self.storage)
             except ImageLoadError as exc:
                 emit(ImageRecord(item.path, item.rel, "failed", reason=str(exc), worker=self.worker))
                 continue
@@ -119,7 +120,8 @@ class DreamRunner:
                 continue
             t1 = time.perf_counter()
             try:
-                save_image(Path(item.output), out.permute(1, 2, 0).numpy(), alpha, dict(self.metadata, input=item.rel))
+                save_image(item.output, out.permute(1, 2, 0).numpy(), alpha, dict(self.metadata, input=item.rel),
+                           self.storage)
             except Exception as exc:  # disk full, permissions
                 emit(ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
                                  shape=list(item.hw), timings=timings, worker=self.worker, retryable=True))
