@@ -189,6 +189,7 @@ class Storage:
 
             kwargs = {k: v for k, v in self.options.items() if not isinstance(v, dict)}
             kwargs.update(self.options.get(url.protocol, {}))
+            kwargs.setdefault("use_listings_cache", False)  # other processes write here: never trust a stale listing
             try:
                 cls = fsspec.get_filesystem_class(url.protocol)
             except ImportError as exc:
