@@ -47,14 +47,14 @@ class LoadedImage:
 
 
 @contextlib.contextmanager
-def _source(path, storage: Storage | None):
+def _source(path, storage: Storage | None, block_size: int = 4 << 20):
     """A local Path as is, or an open stream of an object (closed afterwards); read errors -> ImageLoadError."""
     path = location(path)
     if isinstance(path, Path):
         yield path
         return
     try:
-        fh = (storage or Storage()).open_read(path)
+        fh = (storage or Storage()).open_read(path, block_size)
     except OSError as exc:
         raise ImageLoadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     with fh:
@@ -86,7 +86,7 @@ def _guard_open(path, max_pixels: int) -> Image.Image:
 
 def probe_size(path: Path | URL, max_pixels: int, storage: Storage | None = None) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
-    with _source(path, storage) as src, _guard_open(src, max_pixels) as im:
+    with _source(path, storage, 256 << 10) as src, _guard_open(src, max_pixels) as im:  # headers: a small block
         w, h = im.size
         try:
             orientation = im.getexif().get(0x0112, 1)

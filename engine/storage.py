@@ -13,14 +13,16 @@ backoff and jitter; permanent ones (missing key, access denied) are raised at on
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import random
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
 from .atomic import TMP_SUFFIX, atomic_write
+from .urls import URL, is_url, location
 
 log = logging.getLogger(__name__)
 
@@ -37,107 +39,6 @@ _TRANSIENT_TYPES = {"EndpointConnectionError", "ConnectionClosedError", "ReadTim
 
 class StorageAccessError(ValueError):
     """A location that cannot be used at all (missing bucket, refused credentials): a usage error, exit 2."""
-
-
-def is_url(x) -> bool:
-    """True for object-store URLs (``proto://...`` other than ``file://``)."""
-    if isinstance(x, URL):
-        return True
-    if isinstance(x, Path):
-        return False
-    proto, sep, _ = str(x).partition("://")
-    return bool(sep) and proto.isidentifier() and proto.lower() not in ("file", "local")
-
-
-class URL:
-    """An object-store path ``proto://bucket/key``: joins, names and parents like PurePosixPath, no I/O."""
-
-    __slots__ = ("protocol", "path")
-
-    def __init__(self, url: str | URL) -> None:
-        proto, _, rest = str(url).partition("://")
-        self.protocol = proto.lower()
-        self.path = "/".join(p for p in rest.split("/") if p not in ("", "."))  # "bucket/key/..."
-
-    def __str__(self) -> str:
-        return f"{self.protocol}://{self.path}"
-
-    def __repr__(self) -> str:
-        return f"URL({str(self)!r})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, URL) and str(self) == str(other)
-
-    def __lt__(self, other) -> bool:
-        return str(self) < str(other)
-
-    def __hash__(self) -> int:
-        return hash(str(self))
-
-    def __truediv__(self, other) -> URL:
-        return URL(f"{self}/{other}")
-
-    @property
-    def bucket(self) -> str:
-        return self.path.split("/", 1)[0]
-
-    @property
-    def key(self) -> str:
-        return self.path.split("/", 1)[1] if "/" in self.path else ""
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return (f"{self.protocol}://{self.bucket}", *[p for p in self.key.split("/") if p])
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def suffix(self) -> str:
-        return PurePosixPath(self.name).suffix
-
-    @property
-    def parent(self) -> URL:
-        return URL(f"{self.protocol}://{self.path.rsplit('/', 1)[0]}") if "/" in self.path else self
-
-    @property
-    def parents(self) -> list[URL]:
-        out, p = [], self
-        while p.parent != p:
-            p = p.parent
-            out.append(p)
-        return out
-
-    def with_name(self, name: str) -> URL:
-        return self.parent / name
-
-    def relative_to(self, other) -> PurePosixPath:
-        if not isinstance(other, URL) or other.protocol != self.protocol:
-            raise ValueError(f"{self} is not under {other}")
-        if self.path == other.path:
-            return PurePosixPath(".")
-        if not self.path.startswith(other.path + "/"):
-            raise ValueError(f"{self} is not under {other}")
-        return PurePosixPath(self.path[len(other.path) + 1:])
-
-    def as_posix(self) -> str:
-        return str(self)
-
-    def resolve(self) -> URL:
-        return self
-
-
-def location(x) -> Path | URL:
-    """A ``Path`` for plain paths and ``file://`` URLs, a ``URL`` for object stores."""
-    if isinstance(x, (Path, URL)):
-        return x
-    s = str(x)
-    if is_url(s):
-        return URL(s)
-    if s.lower().startswith("file://"):
-        return Path(s[len("file://"):])
-    return Path(s)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -274,11 +175,19 @@ class Storage:
 
     # ---- reads and writes
     def open_read(self, p, block_size: int = 4 << 20):
-        """A binary stream (for the decoder); the caller closes it."""
+        """A binary stream (for the decoder); the caller closes it.
+
+        An object is read with one ranged GET of ``block_size`` bytes: a smaller object is then
+        complete in memory (one request, no HEAD); a larger one is streamed block by block.
+        """
         p = location(p)
         if isinstance(p, Path):
             return open(p, "rb")
-        return self.call(f"open {p}", self.fs(p).open, p.path, "rb", block_size=block_size)
+        fs = self.fs(p)
+        first = self.call(f"read {p}", fs.cat_file, p.path, start=0, end=block_size)
+        if len(first) < block_size:
+            return io.BytesIO(first)
+        return self.call(f"open {p}", fs.open, p.path, "rb", block_size=block_size)
 
     def read_bytes(self, p) -> bytes:
         p = location(p)

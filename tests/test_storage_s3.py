@@ -169,14 +169,11 @@ class _FlakyFS:
     def __init__(self, n, exc):
         self.n, self.exc, self.calls = n, exc, 0
 
-    def cat_file(self, path):
+    def cat_file(self, path, start=None, end=None):
         self.calls += 1
         if self.calls <= self.n:
             raise self.exc
         return b"data"
-
-    def open(self, path, mode, block_size=None):
-        raise PermissionError("Access Denied")
 
 
 def _client_error(status: int, code: str) -> Exception:
@@ -201,5 +198,6 @@ def test_transient_errors_are_retried_with_backoff_permanent_ones_are_not():
     storage._fs["s3"] = _FlakyFS(99, _client_error(500, "InternalError"))
     with pytest.raises(OSError):
         storage.read_bytes("s3://b/k")
+    storage._fs["s3"] = _FlakyFS(99, PermissionError("Access Denied"))
     with pytest.raises(ImageLoadError, match="cannot read s3://b/k.png: PermissionError"):
         load_image("s3://b/k.png", 10**6, storage)  # a permanent error becomes the image's failure reason

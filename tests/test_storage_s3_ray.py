@@ -17,7 +17,7 @@ import s3_fixtures
 from PIL import Image
 from ray_fixtures import tiny_config
 
-from dreamfleet.backends import create_backend
+from dreamfleet.cli import main
 from dreamfleet.cluster import testing
 from dreamfleet.cluster.driver import ClusterOptions, run_cluster_job
 from dreamfleet.engine.atomic import TMP_SUFFIX
@@ -41,7 +41,7 @@ def _upload(s3, n: int) -> list[str]:
 
 
 @pytest.mark.timeout(180)
-def test_run_on_s3_with_a_killed_worker_then_rerun_skips(ray_cluster, s3, tmp_path):
+def test_run_on_s3_with_a_killed_worker_then_rerun_skips(ray_cluster, s3, tmp_path, capsys):
     keys = _upload(s3, 10)
     marker = tmp_path / "died.json"
     cfg = tiny_config(storage_options=s3.storage_options)  # the workers' own environment knows no endpoint
@@ -65,8 +65,17 @@ def test_run_on_s3_with_a_killed_worker_then_rerun_skips(ray_cluster, s3, tmp_pa
     assert all(e["content_hash"].startswith("etag:") for e in manifest)  # hashed from the listing, not downloaded
     assert json.loads(s3.get("out2/dreamfleet-report.json"))["command"] == "run"
 
-    again = run_cluster_job(tiny_config(storage_options=s3.storage_options), [s3.url("in")], s3.url("out2"),
-                            create_backend, ClusterOptions(workers=2))
-    assert again.report.counts() == {"done": 0, "skipped": len(keys), "failed": 1} and again.reconciliation["ok"]
+    # the rerun through the CLI and a job file whose [storage] table carries the endpoint: everything skipped
+    opts = s3.storage_options
+    job = tmp_path / "job.toml"
+    job.write_text(f'inputs = ["{s3.url("in")}"]\noutput = "{s3.url("out2")}"\nmodel = "googlenet"\n'
+                   'random-weights = true\nmax-side = 64\niterations = 1\noctaves = 2\nbatch-size = 2\n'
+                   f'[storage]\nkey = "{opts["key"]}"\nsecret = "{opts["secret"]}"\n'
+                   f'endpoint_url = "{opts["endpoint_url"]}"\n')
+    assert main(["run", str(job), "--address", ray_cluster, "--workers", "2", "--no-progress"]) == 1
+    assert f"report: {s3.url('out2')}/dreamfleet-report.json" in capsys.readouterr().out
+    again = json.loads(s3.get("out2/dreamfleet-report.json"))
+    assert again["totals"]["skipped"] == len(keys) and again["totals"]["done"] == 0
+    assert again["reconciliation"]["ok"] and again["config"]["storage_options"]["secret"] == "***"
     after = s3.versions("out2/")
     assert all(after[f"out2/{k}"] == 1 for k in keys)  # the rerun wrote no output again
