@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -137,6 +138,18 @@ def test_lease_refuses_a_second_run_and_expires(s3, capsys):
     s3.put("out/.dreamfleet/lock", json.dumps({"owner": "killed run", "token": "x", "expires": 1.0}).encode())
     with LeaseLock(url, storage, owner="second"):  # an expired lease is taken over
         assert json.loads(s3.get("out/.dreamfleet/lock"))["owner"] == "second"
+
+
+def test_lease_is_renewed_while_the_run_lasts(s3):
+    url = URL(s3.url("out/.dreamfleet/lock"))
+    with LeaseLock(url, Storage(), ttl=3.0, owner="long run"):
+        first = json.loads(s3.get("out/.dreamfleet/lock"))["expires"]
+        deadline = time.monotonic() + 20
+        while json.loads(s3.get("out/.dreamfleet/lock"))["expires"] == first:  # renewed every ttl / 3
+            assert time.monotonic() < deadline, "lease never renewed"
+            time.sleep(0.05)
+        with pytest.raises(LeaseHeld, match="long run"):
+            LeaseLock(url, Storage()).__enter__()
 
 
 def test_missing_bucket_and_refused_credentials_exit_2(s3, monkeypatch, capsys):
