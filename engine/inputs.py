@@ -49,6 +49,8 @@ def discover(inputs: list[str], out_dir: Path | URL | None = None,
         if is_url(raw):
             _discover_url(URL(raw), out_dir, storage or Storage(), roots, problems)
             continue
+        if raw.lower().startswith("file://"):
+            raw = raw[len("file://"):]
         p = Path(raw)
         if p.is_dir() and out_dir is not None and _inside(p, out_dir):
             # the output folder is the input folder, or holds it: its dreams would be skipped as inputs

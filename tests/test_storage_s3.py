@@ -61,6 +61,13 @@ def test_url_paths_mirror_like_folders():
     assert str(location("file:///tmp/x")) == "/tmp/x" and isinstance(location("s3://b/k"), URL)
 
 
+def test_file_urls_are_local_paths(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(_png(7))
+    assert main(["dream", f"file://{tmp_path / 'in'}", "-o", f"file://{tmp_path / 'out'}", *TINY]) == 0
+    assert (tmp_path / "out" / "a.png").exists() and (tmp_path / "out" / ".dreamfleet" / "lock").exists()  # flock
+
+
 def test_dream_resume_and_broken_object(s3, tmp_path, capsys):
     _upload_inputs(s3)
     src, dst = s3.url("in"), s3.url("out")
