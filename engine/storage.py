@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _EXTRAS = {"s3": "dreamfleet[s3]", "s3a": "dreamfleet[s3]", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
            "abfs": "adlfs"}
+_BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"}  # first path part is a bucket/container
 _TRANSIENT_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
                      errno.ECONNREFUSED, errno.EPIPE, getattr(errno, "EREMOTEIO", errno.EIO)}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -224,7 +225,7 @@ class Storage:
     def check_access(self, p, role: str) -> None:
         """Raise StorageAccessError with a clear message when ``p``'s bucket is missing or access is refused."""
         p = location(p)
-        if isinstance(p, Path):
+        if isinstance(p, Path) or p.protocol not in _BUCKETED:
             return
         bucket = URL(f"{p.protocol}://{p.bucket}")
         try:

@@ -61,6 +61,21 @@ def test_url_paths_mirror_like_folders():
     assert str(location("file:///tmp/x")) == "/tmp/x" and isinstance(location("s3://b/k"), URL)
 
 
+def test_any_fsspec_filesystem_memory():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/dreamfleet-mem/in/a.png": _png(8), "/dreamfleet-mem/in/b/c.png": _png(9, 64)})
+    try:
+        assert main(["dream", "memory://dreamfleet-mem/in", "-o", "memory://dreamfleet-mem/out", *TINY]) == 0
+        assert fs.exists("/dreamfleet-mem/out/a.png") and fs.exists("/dreamfleet-mem/out/b/c.png")
+        assert not fs.exists("/dreamfleet-mem/out/.dreamfleet/lock")  # the lease (plain PUT + read-back) released
+        assert main(["dream", "memory://dreamfleet-mem/in", "-o", "memory://dreamfleet-mem/out", *TINY]) == 0
+        assert json.loads(fs.cat("/dreamfleet-mem/out/dreamfleet-report.json"))["totals"]["skipped"] == 2
+    finally:
+        fs.rm("/dreamfleet-mem", recursive=True)
+
+
 def test_file_urls_are_local_paths(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(_png(7))
