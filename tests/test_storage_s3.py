@@ -188,6 +188,17 @@ def test_missing_bucket_and_refused_credentials_exit_2(s3, monkeypatch, capsys):
         assert "was refused" in err and "credentials" in err and "Traceback" not in err
 
 
+def test_a_throttling_and_resetting_store_is_retried_through(s3, monkeypatch):
+    _upload_inputs(s3)
+    with s3_fixtures.flaky_proxy(s3.endpoint) as (endpoint, counts):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        assert main(["dream", s3.url("in"), "-o", s3.url("out"), *TINY]) == 1  # only the broken object failed
+    assert counts["slowdown"] > 0 and counts["reset"] > 0, counts
+    rep = _report(s3)
+    assert rep["totals"]["done"] == len(GOOD) and rep["totals"]["failed"] == 1
+    assert all(n == 1 for k, n in s3.versions("out/").items() if k[4:] in GOOD)
+
+
 def test_missing_s3fs_names_the_extra(monkeypatch, tmp_path, capsys):
     import importlib
 
