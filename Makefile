@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev,cluster,charts]'
+	$(PY) -m pip install --quiet -e '.[dev,cluster,charts,s3]'
 	touch $(STAMP)
 
 # The main job on the embedded default: the sample photos, Google's classic dream, BVLC GoogLeNet.

@@ -52,6 +52,7 @@ def add_parser(subparsers) -> None:
 def resolve_job(args: argparse.Namespace):
     """(DreamConfig, inputs, output) from the flags and an optional job file; flags win."""
     from dreamfleet.engine.config import field_names, load_toml, make_config
+    from dreamfleet.engine.storage import is_url, location
 
     inputs, config = list(args.inputs), args.config
     if len(inputs) == 1 and inputs[0].endswith(".toml"):
@@ -68,9 +69,9 @@ def resolve_job(args: argparse.Namespace):
         base = Path(config).parent
         if "inputs" in raw:
             listed = raw["inputs"] if isinstance(raw["inputs"], list) else [raw["inputs"]]
-            job["inputs"] = [str(base / p) for p in listed]
+            job["inputs"] = [p if is_url(p) else str(base / location(p)) for p in listed]
         if "output" in raw:
-            job["output"] = str(base / raw["output"])
+            job["output"] = raw["output"] if is_url(raw["output"]) else str(base / location(raw["output"]))
         file_values = {k: v for k, v in load_toml(config).items() if k not in JOB_KEYS}
     inputs = inputs or job.get("inputs", [])
     output = args.output or job.get("output")

@@ -2,26 +2,28 @@
 
 Pairs are laid out in a grid (input | dream per cell), each thumbnail fit into a square
 of ``thumb`` pixels on a dark background, so the night's art can be seen at a glance.
+Inputs, dreams and the sheet itself may be object-store URLs (the sheet is one PUT).
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from dreamfleet.engine.report import ImageRecord
+from dreamfleet.engine.storage import Storage, is_url, location
 
 log = logging.getLogger(__name__)
 
 SHEET_NAME = "dreamfleet-contact-sheet.png"
 
 
-def _thumb(path: str, size: int) -> Image.Image | None:
+def _thumb(path: str, size: int, storage: Storage | None = None) -> Image.Image | None:
     try:
-        with Image.open(path) as im:
+        with (storage or Storage()).open_read(path) as fh, Image.open(fh) as im:
             im.seek(0)
             return ImageOps.contain(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
     except Exception as exc:  # an unreadable input is simply left out of the sheet
@@ -29,13 +31,14 @@ def _thumb(path: str, size: int) -> Image.Image | None:
         return None
 
 
-def make_contact_sheet(records: list[ImageRecord], path: Path, limit: int = 36, thumb: int = 128,
-                       columns: int = 4) -> Path | None:
+def make_contact_sheet(records: list[ImageRecord], path, limit: int = 36, thumb: int = 128,
+                       columns: int = 4, storage: Storage | None = None):
     """Write a grid of (input, dream) pairs for the first ``limit`` records with outputs; None if none."""
     if limit < 1 or thumb < 8 or columns < 1:
         raise ValueError("contact sheet needs limit >= 1, thumb >= 8 and columns >= 1")
+    storage = storage or Storage()
     pairs = [r for r in sorted(records, key=lambda r: r.rel) if r.status in ("done", "skipped") and r.output
-             and Path(r.output).exists()][:limit]
+             and storage.exists(r.output)][:limit]
     if not pairs:
         return None
     pad = 4
@@ -46,13 +49,19 @@ def make_contact_sheet(records: list[ImageRecord], path: Path, limit: int = 36, 
     for n, rec in enumerate(pairs):
         x0, y0 = (n % cols) * cell_w, (n // cols) * cell_h
         for k, src in enumerate((rec.input, rec.output)):
-            im = _thumb(src, thumb)
+            im = _thumb(src, thumb, storage)
             if im is None:
                 continue
             x = x0 + pad + k * (thumb + pad) + (thumb - im.width) // 2
             y = y0 + pad + (thumb - im.height) // 2
             sheet.paste(im, (x, y))
-    path = Path(path)
+    path = location(path)
+    if is_url(path):  # one PUT
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        storage.write_bytes(path, buf.getvalue())
+        log.info("contact sheet of %d pairs -> %s", len(pairs), path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     sheet.save(tmp, format="PNG")

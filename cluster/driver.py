@@ -20,6 +20,7 @@ from dreamfleet.engine.config import DreamConfig
 from dreamfleet.engine.job import prepared_job
 from dreamfleet.engine.report import RunReport
 from dreamfleet.engine.runner import BackendFactory
+from dreamfleet.engine.storage import Storage, location
 
 from .contact_sheet import SHEET_NAME, make_contact_sheet
 from .manifest import auto_shard_size, build_manifest, make_shards, reconcile
@@ -89,19 +90,20 @@ def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, ba
                     opts: ClusterOptions | None = None, progress: bool | None = None) -> ClusterResult:
     """Dream every input into ``out_dir`` on a Ray actor pool; writes and returns the report."""
     opts = opts or ClusterOptions()
-    out_dir = Path(out_dir)
+    out_dir = location(out_dir)  # a folder or an object-store URL; workers read and write there directly
+    storage = Storage.for_config(cfg)
     started = time.time()
     with prepared_job(cfg, inputs, out_dir, command="run") as (report, plan):
-        entries = build_manifest(plan, out_dir, cfg.param_hash())
+        entries = build_manifest(plan, out_dir, cfg.param_hash(), storage)
         if plan.todo:
             _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started)
-        rec_summary = reconcile(entries, report.records)
+        rec_summary = reconcile(entries, report.records, storage)
         report.extra["reconciliation"] = rec_summary
         if opts.contact_sheet:
             sheet = out_dir / SHEET_NAME
-            if any(e.output and Path(e.output) == sheet.resolve() for e in entries):
+            if any(e.output and location(e.output) == sheet.resolve() for e in entries):
                 sheet = out_dir / ".dreamfleet" / SHEET_NAME
-            made = make_contact_sheet(report.records, sheet, limit=opts.contact_sheet)
+            made = make_contact_sheet(report.records, sheet, limit=opts.contact_sheet, storage=storage)
             report.extra["contact_sheet"] = str(made) if made else None
         report.write()
     if not rec_summary["ok"]:

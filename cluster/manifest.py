@@ -3,7 +3,8 @@
 The manifest is written to ``OUT/.dreamfleet/manifest.jsonl`` (a header line with the
 job's parameter hash, then one line per input: path, relative path, size, content hash,
 output path, working shape). A rerun reuses the hashes of inputs whose size and mtime
-did not change. Shards are lists of work items (paths, never pixels) cut inside one shape
+did not change. On an object store the content hash is the object's ETag (read from the
+listing, so the driver never downloads an input) and the manifest is one PUT. Shards are lists of work items (paths, never pixels) cut inside one shape
 bucket, so each shard is a few full engine batches. ``reconcile`` checks the manifest
 against the final records and the files on disk at the end of a job.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from dreamfleet.engine.job import STATE_DIR, JobPlan
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import WorkItem
+from dreamfleet.engine.storage import Storage, is_url, location
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +52,39 @@ def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def manifest_path(out_dir: Path) -> Path:
-    return Path(out_dir) / STATE_DIR / MANIFEST_NAME
+def manifest_path(out_dir):
+    return location(out_dir) / STATE_DIR / MANIFEST_NAME
 
 
-def _previous_hashes(path: Path) -> dict[tuple[str, int, int], str]:
+def _previous_hashes(path, storage: Storage) -> dict[tuple[str, int, int], str]:
     known: dict[tuple[str, int, int], str] = {}
-    if not path.exists():
+    if not storage.exists(path):
         return known
-    with open(path) as fh:
-        for line in list(fh)[1:]:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if e.get("content_hash") and e.get("size") is not None:
-                known[(e["input"], e["size"], e["mtime_ns"])] = e["content_hash"]
+    for line in storage.read_bytes(path).decode().splitlines(keepends=True)[1:]:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("content_hash") and e.get("size") is not None:
+            known[(e["input"], e["size"], e["mtime_ns"])] = e["content_hash"]
     return known
 
 
-def build_manifest(plan: JobPlan, out_dir: Path, param_hash: str) -> list[ManifestEntry]:
+def build_manifest(plan: JobPlan, out_dir, param_hash: str, storage: Storage | None = None) -> list[ManifestEntry]:
     """One entry per planned input (todo, skipped, failed at planning); writes the manifest file."""
+    storage = storage or Storage()
     path = manifest_path(out_dir)
-    known = _previous_hashes(path)
+    known = _previous_hashes(path, storage)
     t0 = time.perf_counter()
 
     def entry(job: tuple) -> ManifestEntry:
         inp, rel, output, hw, planned = job
+        if is_url(inp):  # size, mtime and ETag from the store: no download on the driver
+            try:
+                size, mtime_ns, etag = storage.stat(inp)
+            except OSError:
+                return ManifestEntry(rel, inp, None, None, None, output, hw, planned)
+            return ManifestEntry(rel, inp, size, mtime_ns, f"etag:{etag}" if etag else None, output, hw, planned)
         try:
             st = os.stat(inp)
         except OSError:
@@ -93,6 +101,13 @@ def build_manifest(plan: JobPlan, out_dir: Path, param_hash: str) -> list[Manife
     jobs += [(r.input, r.rel, r.output, r.shape, r.status) for r in plan.records]
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:  # hashing is I/O bound; keeps order
         entries = list(pool.map(entry, jobs, chunksize=64))
+    if is_url(path):
+        header = json.dumps({"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "entries": len(entries)})
+        storage.write_bytes(path, "".join([header + "\n"] + [json.dumps(asdict(e)) + "\n" for e in entries]))
+        log.info("manifest: %d inputs (%d to dream) in %.2fs -> %s", len(entries), len(plan.todo),
+                 time.perf_counter() - t0, path)
+        return entries
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
@@ -124,15 +139,17 @@ def auto_shard_size(n_items: int, workers: int, batch_size: int) -> int:
     return max(1, min(2 * batch_size, balanced))
 
 
-def reconcile(entries: list[ManifestEntry], records: list[ImageRecord]) -> dict:
+def reconcile(entries: list[ManifestEntry], records: list[ImageRecord], storage: Storage | None = None) -> dict:
     """Every manifest entry must end done/skipped with its output on disk, or recorded as failed."""
     final = {r.rel: r for r in records}
+    present = (storage or Storage()).existing([r.output for r in final.values() if r.output and is_url(r.output)])
     unaccounted: list[dict] = []
     for e in entries:
         rec = final.get(e.rel)
         if rec is None:
             unaccounted.append({"rel": e.rel, "input": e.input, "why": "no record"})
-        elif rec.status in ("done", "skipped") and not (rec.output and Path(rec.output).exists()):
+        elif rec.status in ("done", "skipped") and not (rec.output and (rec.output in present if is_url(rec.output)
+                                                                        else Path(rec.output).exists())):
             unaccounted.append({"rel": e.rel, "input": e.input, "why": f"{rec.status} but output missing"})
     counts = {s: sum(1 for e in entries if e.rel in final and final[e.rel].status == s)
               for s in ("done", "skipped", "failed")}

@@ -32,6 +32,7 @@ from typing import Callable
 from dreamfleet.engine.config import DreamConfig
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import BackendFactory, WorkItem
+from dreamfleet.engine.storage import Storage, is_url
 
 from .worker import DreamWorker, ShardResult
 
@@ -99,6 +100,7 @@ class WorkerPool:
             log.warning("--device %s ignored: each worker uses the GPU Ray pinned for it", cfg.device)
             self.cfg = dataclasses.replace(cfg, device="cuda")
         self.factory, self.shapes = backend_factory, shapes
+        self.storage = Storage.for_config(cfg)  # only to look at outputs' timestamps; the workers move the pixels
         self.started = started if started is not None else time.time()
         self.actor_cls = ray.remote(DreamWorker)
         self.slots = [Slot(i) for i in range(opts.workers)]
@@ -259,7 +261,7 @@ class WorkerPool:
 
     def _written_this_run(self, item: WorkItem) -> bool:
         try:
-            mtime = os.stat(item.output).st_mtime
+            mtime = self.storage.stat(item.output)[1] / 1e9 if is_url(item.output) else os.stat(item.output).st_mtime
         except OSError:
             return False
         return not self.cfg.overwrite or mtime >= self.started - 1.0

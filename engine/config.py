@@ -29,7 +29,8 @@ _SMOOTH_UNUSED = {"none": ("smooth", "smooth_sigma", "lap_levels"), "gaussian": 
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
-               "preset", "cache_dir", "compile_mode", "threads", "io_threads"}
+               "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options"}
+_SECRET_WORDS = ("secret", "token", "password", "key", "credential")  # storage options redacted in reports
 
 
 @dataclass
@@ -74,6 +75,8 @@ class DreamConfig:
     channels_last: bool = True
     overwrite: bool = False
     preset: str | None = None
+    # fsspec options for URL inputs/outputs (the job file's [storage] table); never hashed, secrets never reported
+    storage_options: dict = field(default_factory=dict)
 
     def validate(self) -> "DreamConfig":
         self._coerce_types()
@@ -100,6 +103,8 @@ class DreamConfig:
         self.clamp_range()  # parses
         self._validate_smoothing()
         self.channels = tuple(int(c) for c in self.channels)
+        if not isinstance(self.storage_options, dict):
+            raise ValueError(f"storage_options must be a table of fsspec options, got {self.storage_options!r}")
         return self
 
     def _validate_smoothing(self) -> None:
@@ -190,11 +195,16 @@ def field_names() -> set[str]:
 
 
 def load_toml(path: str | Path) -> dict:
-    """Read a job file: top-level keys are DreamConfig fields (dashes allowed); [dream] table also accepted."""
+    """Read a job file: top-level keys are DreamConfig fields (dashes allowed); [dream] table also accepted;
+    a [storage] table (fsspec options for URL locations) becomes ``storage_options``."""
     with open(path, "rb") as fh:
         data = tomllib.load(fh)
+    storage = data.get("storage", data.get("storage_options", data.get("storage-options")))
     data = dict(data.get("dream", {}), **{k: v for k, v in data.items() if not isinstance(v, dict)})
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    out = {k.replace("-", "_"): v for k, v in data.items()}
+    if storage is not None:
+        out["storage_options"] = storage
+    return out
 
 
 def make_config(preset: str | None = None, file_values: dict | None = None, overrides: dict | None = None) -> DreamConfig:
@@ -222,7 +232,13 @@ def make_config(preset: str | None = None, file_values: dict | None = None, over
 def config_to_dict(cfg: DreamConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["channels"] = list(cfg.channels)
+    d["storage_options"] = _redacted(cfg.storage_options)
     return d
+
+
+def _redacted(options: dict) -> dict:
+    return {k: _redacted(v) if isinstance(v, dict) else
+            ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in options.items()}
 
 
 __all__ = ["DreamConfig", "PRESETS", "make_config", "load_toml", "config_to_dict", "field"]

@@ -3,7 +3,9 @@
 Decoding applies EXIF orientation, takes a GIF's first frame, converts every mode (L, LA,
 P, RGBA, CMYK, 16-bit) to RGB and keeps alpha aside so it can be re-attached where the
 output format keeps it. The pixel limit is checked from the header, before decoding, so a
-decompression bomb is a recorded failure rather than a crash or an OOM.
+decompression bomb is a recorded failure rather than a crash or an OOM. Paths may be
+object-store URLs: reads stream from ``Storage.open_read`` into Pillow (no temporary files),
+writes encode to bytes and go through ``Storage.write_bytes`` (one PUT; local: atomic_write).
 
 The job's loader, :func:`load_working_image`, shrinks before it converts to float: a JPEG
 is decoded DCT-scaled (Pillow ``draft``: 1/2, 1/4 or 1/8, never below the working size),
@@ -14,6 +16,7 @@ the full-precision float path. :func:`save_image` encodes, then writes through
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -29,6 +32,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from .atomic import TMP_SUFFIX, atomic_write  # noqa: F401  (TMP_SUFFIX re-exported)
+from .storage import URL, Storage, is_url, location  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,24 @@ class LoadedImage:
     alpha: np.ndarray | None  # [H, W] float32 in [0, 1], or None
     source_mode: str
     source_format: str | None
+
+
+@contextlib.contextmanager
+def _source(path, storage: Storage | None, block_size: int = 4 << 20):
+    """A local Path as is, or an open stream of an object (closed afterwards); read errors -> ImageLoadError."""
+    if not isinstance(path, (str, Path, URL)):  # already a readable file object
+        yield path
+        return
+    path = location(path)
+    if isinstance(path, Path):
+        yield path
+        return
+    try:
+        fh = (storage or Storage()).open_read(path, block_size)
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    with fh:
+        yield fh
 
 
 def _source_size(src: Source) -> int:
@@ -85,9 +107,9 @@ def _guard_open(path: Source, max_pixels: int) -> Image.Image:
     return im
 
 
-def probe_size(path: Path, max_pixels: int) -> tuple[int, int]:
+def probe_size(path: Path | URL, max_pixels: int, storage: Storage | None = None) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
-    with _guard_open(path, max_pixels) as im:
+    with _source(path, storage, 256 << 10) as src, _guard_open(src, max_pixels) as im:  # headers: a small block
         w, h = im.size
         try:
             orientation = im.getexif().get(0x0112, 1)
@@ -120,11 +142,10 @@ def _float_rgb(im: Image.Image, mode: str) -> tuple[np.ndarray, np.ndarray | Non
     return _to_float(np.asarray(im.convert("RGB"))), None
 
 
-def load_image(path: Source, max_pixels: int) -> LoadedImage:
+def load_image(path: Source | URL, max_pixels: int, storage: Storage | None = None) -> LoadedImage:
     """Decode ``path`` to float RGB (+alpha) at full size. Raises ImageLoadError with a clear reason."""
-    path = Path(path) if isinstance(path, str) else path
     try:
-        with _guard_open(path, max_pixels) as im:
+        with _source(path, storage) as src, _guard_open(src, max_pixels) as im:
             fmt = im.format
             im.seek(0)  # first frame of animations
             mode = im.mode
@@ -158,7 +179,8 @@ def _draft(im: Image.Image, hw: tuple[int, int]) -> None:
     im.draft(None, size)
 
 
-def load_working_image(src: Source, hw: tuple[int, int], max_pixels: int) -> WorkingImage:
+def load_working_image(src: Source | URL, hw: tuple[int, int], max_pixels: int,
+                       storage: Storage | None = None) -> WorkingImage:
     """Decode ``src`` (path or binary file object) straight to the working size ``hw`` = (H, W).
 
     Same modes, EXIF, alpha and pixel-limit handling as :func:`load_image`; raises
@@ -166,11 +188,10 @@ def load_working_image(src: Source, hw: tuple[int, int], max_pixels: int) -> Wor
     """
     from .sizing import to_tensor
 
-    src = Path(src) if isinstance(src, str) else src
     h, w = hw
     t0 = time.perf_counter()
     try:
-        with _guard_open(src, max_pixels) as im:
+        with _source(src, storage) as stream, _guard_open(stream, max_pixels) as im:
             fmt = im.format
             im.seek(0)  # first frame of animations
             mode = im.mode
@@ -205,7 +226,7 @@ def load_working_image(src: Source, hw: tuple[int, int], max_pixels: int) -> Wor
     return WorkingImage(pixels.contiguous(), alpha, mode, fmt, {"decode": t1 - t0, "resize": time.perf_counter() - t1})
 
 
-def format_for(path: Path) -> str:
+def format_for(path: Path | URL) -> str:
     try:
         return _FORMAT_BY_EXT[path.suffix.lower()]
     except KeyError:
@@ -228,9 +249,9 @@ def _encode(img: Image.Image, fmt: str, meta: str) -> dict:
     return {}
 
 
-def encode_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict) -> bytes:
+def encode_image(path: Path | URL, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict) -> bytes:
     """rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) -> the file's bytes, format from ``path``."""
-    path = Path(path)
+    path = location(path)
     fmt = format_for(path)
     arr = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
@@ -244,14 +265,15 @@ def encode_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata
     return buf.getvalue()
 
 
-def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict, fsync: bool = True) -> None:
-    """Write rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) to ``path`` atomically."""
-    atomic_write(path, encode_image(path, rgb, alpha, metadata), fsync=fsync)
+def save_image(path: Path | URL | str, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict,
+               fsync: bool = True, storage: Storage | None = None) -> None:
+    """Write rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) to ``path`` atomically (objects: one PUT)."""
+    (storage or Storage()).write_bytes(path, encode_image(path, rgb, alpha, metadata), fsync=fsync)
 
 
-def read_metadata(path: Path) -> dict | None:
+def read_metadata(path: Path | URL | str, storage: Storage | None = None) -> dict | None:
     """The dream parameters embedded in an output, or None."""
-    with Image.open(path) as im:
+    with _source(path, storage) as src, Image.open(src) as im:
         raw = im.info.get("dreamfleet") or im.info.get("comment")
         if raw is None:
             raw = im.getexif().get(0x010E)

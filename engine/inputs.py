@@ -5,6 +5,8 @@ output mirrors under the output folder; with several roots, each root's name (ma
 prefixes its files; a glob's files are relative to the folder before its first wildcard.
 Output paths are checked never to leave the output folder. Files inside the output folder
 are never taken as inputs, and an input folder inside the output folder is refused.
+Inputs and the output may also be fsspec URLs (``s3://bucket/prefix``, globs too): keys
+below a prefix mirror under the output exactly as files below a folder do.
 """
 from __future__ import annotations
 
@@ -13,22 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .imageio import IMAGE_EXTENSIONS, TMP_SUFFIX
+from .storage import URL, Storage, is_url, location
 
 _FORMAT_EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 
 
 @dataclass(frozen=True)
 class InputItem:
-    path: Path  # the file to read
+    path: Path | URL  # the file (or object) to read
     rel: str  # posix relative path; the image's identity (seeds its jitter stream)
 
 
-def _is_image_name(p: Path) -> bool:
+def _is_image_name(p: Path | URL) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
-def _inside(p: Path, folder: Path | None) -> bool:
-    if folder is None:
+def _inside(p: Path | URL, folder: Path | URL | None) -> bool:
+    if folder is None or isinstance(p, URL) != isinstance(folder, URL):
         return False
     try:
         p.resolve().relative_to(folder.resolve())
@@ -37,11 +40,17 @@ def _inside(p: Path, folder: Path | None) -> bool:
         return False
 
 
-def discover(inputs: list[str], out_dir: Path | None = None) -> tuple[list[InputItem], list[tuple[str, str]]]:
+def discover(inputs: list[str], out_dir: Path | URL | None = None,
+             storage: Storage | None = None) -> tuple[list[InputItem], list[tuple[str, str]]]:
     """(items sorted by rel, [(input, reason)] for inputs that name nothing)."""
     roots: list[tuple[Path, list[Path], bool]] = []  # (base folder, files, from a folder or glob)
     problems: list[tuple[str, str]] = []
     for raw in inputs:
+        if is_url(raw):
+            _discover_url(URL(raw), out_dir, storage or Storage(), roots, problems)
+            continue
+        if raw.lower().startswith("file://"):
+            raw = raw[len("file://"):]
         p = Path(raw)
         if p.is_dir() and out_dir is not None and _inside(p, out_dir):
             # the output folder is the input folder, or holds it: its dreams would be skipped as inputs
@@ -75,6 +84,32 @@ def discover(inputs: list[str], out_dir: Path | None = None) -> tuple[list[Input
     return sorted(items.values(), key=lambda i: i.rel), problems
 
 
+def _discover_url(u: URL, out_dir, storage: Storage, roots: list, problems: list) -> None:
+    """The object-store branch of ``discover``: a key, a prefix (recursive) or a glob."""
+    storage.check_access(u, "input")
+    if glob.has_magic(u.path):
+        matches = [m for m in storage.glob(str(u)) if _is_image_name(m) and not _inside(m, out_dir)]
+        if not matches:
+            problems.append((str(u), "glob matches no image object"))
+            return
+        fixed = []
+        for part in u.path.split("/")[:-1]:
+            if glob.has_magic(part):
+                break
+            fixed.append(part)
+        roots.append((URL(f"{u.protocol}://{'/'.join(fixed)}"), matches, True))
+    elif u.key and storage.isfile(u):
+        roots.append((u.parent, [u], False))
+    else:
+        if out_dir is not None and _inside(u, out_dir):
+            raise ValueError(f"input prefix {u} is inside the output location {out_dir}; choose another -o")
+        files = [f for f in storage.find(u) if _is_image_name(f) and not _inside(f, out_dir)]
+        if files:
+            roots.append((u, files, True))
+        else:
+            problems.append((str(u), "no such object, or no image object below this prefix"))
+
+
 def _glob_base(pattern: str) -> Path:
     """The folder part of a glob before its first wildcard: stable however many files match."""
     parts = Path(pattern).parts
@@ -104,8 +139,9 @@ def _root_prefixes(bases: list[Path]) -> dict[Path, str]:
     return out
 
 
-def output_path(out_dir: Path, rel: str, output_format: str = "same") -> Path:
+def output_path(out_dir: Path | URL, rel: str, output_format: str = "same") -> Path | URL:
     """Where ``rel``'s result goes; raises ValueError if that would leave ``out_dir``."""
+    out_dir = location(out_dir)
     rel_p = PurePosixPath(rel)
     if rel_p.is_absolute() or ".." in rel_p.parts:
         raise ValueError(f"output path for {rel!r} would leave the output folder")

@@ -3,7 +3,9 @@
 Planning reads headers only (sizes, EXIF orientation), so a million-file folder is listed
 without decoding it. Existing outputs are skipped unless ``overwrite``; an output folder
 that holds results of *other* parameters is refused rather than silently mixed. A lock
-file keeps two runs from writing the same folder at once.
+file keeps two runs from writing the same folder at once. The output may be an object-store
+URL: then the lock is a lease object (``engine.lease``), the skip check is answered from one
+listing of the output prefix, and inputs' headers are probed by a few threads in parallel.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,15 +25,18 @@ import torch
 from .config import DreamConfig, config_to_dict
 from .imageio import ImageLoadError, probe_size
 from .inputs import clean_stale_temporaries, discover, output_path
+from .lease import LeaseHeld, LeaseLock
 from .models import get_spec
 from .octaves import plan_shapes, usable_octaves
 from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
+from .storage import URL, Storage, is_url, location
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".dreamfleet"
+PROBE_THREADS = 16  # header probes of object-store inputs in flight at once
 
 
 class JobLocked(RuntimeError):
@@ -77,65 +83,107 @@ class OutputLock:
         self.fh.close()
 
 
-def check_job_file(out_dir: Path, cfg: DreamConfig) -> None:
+@contextlib.contextmanager
+def output_lock(out_dir: Path | URL, storage: Storage):
+    """flock for a local folder, a lease object for an object-store location."""
+    if not is_url(out_dir):
+        with OutputLock(out_dir) as lock:
+            yield lock
+        return
+    try:
+        lease = LeaseLock(location(out_dir) / STATE_DIR / "lock", storage).__enter__()
+    except LeaseHeld as exc:
+        raise JobLocked(str(exc)) from None
+    try:
+        yield lease
+    finally:
+        lease.__exit__(None, None, None)
+
+
+def check_job_file(out_dir: Path | URL, cfg: DreamConfig, storage: Storage | None = None) -> None:
     """Refuse to mix results of different parameters in one folder (unless overwrite)."""
-    path = Path(out_dir) / STATE_DIR / "job.json"
-    if path.exists() and not cfg.overwrite:
+    storage = storage or Storage.for_config(cfg)
+    path = location(out_dir) / STATE_DIR / "job.json"
+    if storage.exists(path) and not cfg.overwrite:
         try:
-            old = json.loads(path.read_text()).get("param_hash")
+            old = json.loads(storage.read_bytes(path)).get("param_hash")
         except ValueError:
             old = None
         if old and old != cfg.param_hash():
             raise JobMismatch(f"{out_dir} holds dreams made with other parameters (hash {old}, this job "
                               f"{cfg.param_hash()}); pass --overwrite to replace them or choose another -o")
+    body = json.dumps({"param_hash": cfg.param_hash(), "params": cfg.hashed_params()}, indent=2, default=list)
+    if is_url(path):
+        storage.write_bytes(path, body)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"param_hash": cfg.param_hash(), "params": cfg.hashed_params()}, indent=2, default=list))
+    path.write_text(body)
 
 
-def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:
+def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: Storage | None = None) -> JobPlan:
     """List inputs, decide skip / fail / dream for each, and the batch shapes to run."""
     spec = get_spec(cfg.model)
-    items, problems = discover(inputs, out_dir)
+    storage = storage or Storage.for_config(cfg)
+    items, problems = discover(inputs, out_dir, storage)
     plan = JobPlan(records=[ImageRecord(src, src, "failed", reason=why) for src, why in problems])
+    existing = {str(u) for u in storage.find(out_dir)} if is_url(out_dir) else None  # one listing, not a HEAD each
+    outcomes: list = []  # per item, in order: a record now, or (item, out) to probe
     for item in items:
         try:
             out = output_path(out_dir, item.rel, cfg.output_format)
         except ValueError as exc:
-            plan.records.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
+            outcomes.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
             continue
-        if out.exists() and not cfg.overwrite:
-            plan.records.append(ImageRecord(str(item.path), item.rel, "skipped", output=str(out),
-                                            reason="output exists"))
+        if (str(out) in existing if existing is not None else out.exists()) and not cfg.overwrite:
+            outcomes.append(ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists"))
             continue
+        outcomes.append((item, out))
+    to_probe = [o for o in outcomes if isinstance(o, tuple)]
+
+    def probe(job):
+        item, out = job
         try:
-            w, h = probe_size(item.path, cfg.max_pixels)
+            w, h = probe_size(item.path, cfg.max_pixels, storage)
             hw = working_size(w, h, cfg)
             usable_octaves(hw[0], hw[1], cfg.octaves, cfg.octave_scale, spec.min_size)
         except (ImageLoadError, ValueError) as exc:
-            plan.records.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
-            continue
-        plan.todo.append(WorkItem(str(item.path), item.rel, str(out), hw))
+            return ImageRecord(str(item.path), item.rel, "failed", reason=str(exc))
+        return WorkItem(str(item.path), item.rel, str(out), hw)
+
+    if any(isinstance(item.path, URL) for item, _ in to_probe):  # latency-bound: probe in parallel, keep order
+        with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
+            results = list(pool.map(probe, to_probe))
+    else:
+        results = map(probe, to_probe)
+    results = iter(results)
+    for outcome in outcomes:
+        res = next(results) if isinstance(outcome, tuple) else outcome
+        (plan.todo if isinstance(res, WorkItem) else plan.records).append(res)
     plan.todo.sort(key=lambda i: (i.hw, i.rel))
     plan.shapes = plan_shapes([i.hw for i in plan.todo], cfg.batch_size, cfg.octaves, cfg.octave_scale, spec.min_size)
     return plan
 
 
 @contextlib.contextmanager
-def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path, command: str = "dream"):
+def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, command: str = "dream"):
     """Lock ``out_dir``, remove stale temporaries, check the parameters, plan; yields (report, plan).
 
     The lock is held for the whole ``with`` block; planning records (skipped, failed) are already
     in the report. Both the in-process job and the cluster driver start this way.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = RunReport(config_to_dict(cfg), out_dir, command)
-    with OutputLock(out_dir):
-        stale = clean_stale_temporaries(out_dir)
+    storage = Storage.for_config(cfg)
+    if is_url(out_dir):
+        storage.check_access(out_dir, "output")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    report = RunReport(config_to_dict(cfg), out_dir, command, storage=storage)
+    with output_lock(out_dir, storage):
+        stale = storage.remove_temporaries(out_dir) if is_url(out_dir) else clean_stale_temporaries(out_dir)
         if stale:
             log.info("removed %d stale temporary files left by an earlier run", stale)
         report.extra["stale_temporaries_removed"] = stale
-        check_job_file(out_dir, cfg)
-        plan = plan_job(cfg, inputs, out_dir)
+        check_job_file(out_dir, cfg, storage)
+        plan = plan_job(cfg, inputs, out_dir, storage)
         for rec in plan.records:
             report.add(rec)
         log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),
@@ -143,10 +191,10 @@ def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path, command: st
         yield report, plan
 
 
-def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_factory: BackendFactory,
+def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, backend_factory: BackendFactory,
             progress: bool | None = None) -> RunReport:
-    """Dream every input into ``out_dir``; writes and returns the run report."""
-    with prepared_job(cfg, inputs, Path(out_dir)) as (report, plan):
+    """Dream every input into ``out_dir`` (a folder or an object-store URL); writes and returns the report."""
+    with prepared_job(cfg, inputs, location(out_dir)) as (report, plan):
         if plan.todo:
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .storage import Storage, is_url, location
+
 REPORT_NAME = "dreamfleet-report.json"
 STATUSES = ("done", "skipped", "failed")
 
@@ -47,8 +49,9 @@ def environment() -> dict:
 class RunReport:
     """Collects records; ``write`` dumps totals + records atomically as JSON."""
 
-    def __init__(self, config: dict, out_dir: Path, command: str = "dream") -> None:
-        self.config, self.out_dir, self.command = config, Path(out_dir), command
+    def __init__(self, config: dict, out_dir, command: str = "dream", storage: Storage | None = None) -> None:
+        self.config, self.out_dir, self.command = config, location(out_dir), command  # Path or object-store URL
+        self.storage = storage or Storage()
         self.records: list[ImageRecord] = []
         self.started = time.time()
         self.t0 = time.perf_counter()
@@ -79,7 +82,10 @@ class RunReport:
                 "images": [asdict(r) for r in self.records]}
 
     def write(self, path: Path | None = None) -> Path:
-        path = Path(path or self.out_dir / REPORT_NAME)
+        path = location(path or self.out_dir / REPORT_NAME)
+        if is_url(path):  # one PUT
+            self.storage.write_bytes(path, json.dumps(self.to_dict(), indent=2, default=str))
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str))

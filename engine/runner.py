@@ -21,12 +21,10 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .atomic import atomic_write
 from .backends.base import Backend
 from .backends.eager import loop_dtype, resolve_device
 from .build import DreamModel, build_dream_model
@@ -38,6 +36,7 @@ from .pipeline import StageTimes, Window, make_executor, resolve_io_threads
 from .report import ImageRecord
 from .sizing import to_tensor, working_size
 from .space import ImageSpace
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,7 @@ class DreamRunner:
         self.io_threads = resolve_io_threads(cfg.io_threads, cpu_budget)  # per pool; -1: inline
         self.stages = StageTimes()
         self._pools: tuple | None = None  # (decode, write) executors, made on first use
+        self.storage = Storage.for_config(cfg)  # inputs/outputs may be object-store URLs: read/written here
         self.device = resolve_device(cfg.device)
         guide = self._load_guide() if cfg.guide else None
         self.dm = build_dream_model(cfg.model, cfg.layer, cfg.objective, cfg.channels, cfg.weights,
@@ -95,7 +95,7 @@ class DreamRunner:
 
     def _load_guide(self) -> torch.Tensor:
         """The guide image at its working size, in the model's normalized space: [1,3,H,W]."""
-        img = load_image(Path(self.cfg.guide), self.cfg.max_pixels)
+        img = load_image(self.cfg.guide, self.cfg.max_pixels, self.storage)
         h, w = img.rgb.shape[:2]
         x = to_tensor(img.rgb, working_size(w, h, self.cfg))[None]  # [1,3,H,W] pixels
         space = ImageSpace.create(get_spec(self.cfg.model), self.cfg, torch.device("cpu"), torch.float32)
@@ -148,7 +148,7 @@ class DreamRunner:
     def load_input(self, item: WorkItem) -> WorkingImage | ImageLoadError:
         """Decode thread: ``item`` at its working size, or the reason it can't be read."""
         try:
-            img = load_working_image(item.path, item.hw, self.cfg.max_pixels)
+            img = load_working_image(item.path, item.hw, self.cfg.max_pixels, self.storage)
         except ImageLoadError as exc:
             return exc
         except Exception as exc:  # never let a decode thread take the job down
@@ -161,10 +161,9 @@ class DreamRunner:
         """Writer thread: encode ``out`` [3,H,W] and write it atomically (fsync here, off the device thread)."""
         t0 = time.perf_counter()
         try:
-            data = encode_image(Path(item.output), out.permute(1, 2, 0).numpy(), alpha,
-                                dict(self.metadata, input=item.rel))
+            data = encode_image(item.output, out.permute(1, 2, 0).numpy(), alpha, dict(self.metadata, input=item.rel))
             t1 = time.perf_counter()
-            atomic_write(item.output, data, fsync=True)
+            self.storage.write_bytes(item.output, data, fsync=True)  # local: temporary + fsync + rename
         except Exception as exc:  # disk full, permissions
             return ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
                                shape=list(item.hw), timings=timings, worker=self.worker, retryable=True)
