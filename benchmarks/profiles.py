@@ -48,6 +48,8 @@ def _matrix(vgg: Case, goog: Case, batches: tuple[int, ...], sizes: tuple[int, .
         cases += [replace(ref_v, group="precision", precision=prec), replace(ref_g, group="precision", precision=prec)]
     if device.type == "cpu" and torch.get_num_threads() > 1:  # many small ops: threads can cost more than they give
         cases += [replace(ref_v, group="threads", threads=1), replace(ref_g, group="threads", threads=1)]
+    cases += [replace(ref_v, group="reproducible", reproducible=True),
+              replace(ref_g, group="reproducible", reproducible=True)]
     for backend in ALL_BACKENDS[1:]:
         cases += [replace(ref_v, group="backend", backend=backend), replace(ref_g, group="backend", backend=backend)]
     return cases

@@ -81,8 +81,11 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--backend", "backend", "gradient backend", choices=BACKENDS)
     opt("--device", "device", "auto, cpu, cuda, cuda:N")
     opt("--onnx", "onnx", "exported gradient graph for --backend onnxruntime/tensorrt")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
-                   help="keep NCHW memory format (default: channels_last)")
+    g.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA, off for CPU)")
+    g.add_argument("--reproducible", dest="reproducible", action=argparse.BooleanOptionalAction, default=None,
+                   help="an image's dream does not depend on its batch: each image runs batch-1 kernels, torch "
+                        "deterministic algorithms (default: off)")
     g.add_argument("--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a TTY)")
 

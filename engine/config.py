@@ -22,7 +22,7 @@ OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
-               "preset", "cache_dir", "compile_mode", "threads"}
+               "preset", "cache_dir", "compile_mode", "threads", "reproducible"}
 
 
 @dataclass
@@ -59,7 +59,8 @@ class DreamConfig:
     backend: str = "eager"
     device: str = "auto"
     onnx: str | None = None
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: auto (on for CUDA, off for CPU, where NCHW is as fast and steadier)
+    reproducible: bool = False  # batch-invariant dreams: batch-1 kernels per image + torch deterministic algorithms
     overwrite: bool = False
     preset: str | None = None
 

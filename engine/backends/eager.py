@@ -39,11 +39,13 @@ class EagerBackend(Backend):
     name = "eager"
 
     def __init__(self, module: DreamObjective, device: torch.device, precision: str = "fp32",
-                 channels_last: bool = True) -> None:
+                 channels_last: bool | None = None) -> None:
         super().__init__()
         check_precision(precision, device)
         self.device, self.precision = device, precision
         self.dtype = loop_dtype(precision)
+        if channels_last is None:  # auto: a win for cuDNN; on CPU NCHW costs nothing and varies less with the batch
+            channels_last = device.type == "cuda"
         self.channels_last = channels_last and precision != "fp64"
         module = module.to(device=device, dtype=self.dtype)
         if self.channels_last:

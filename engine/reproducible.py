@@ -1,0 +1,50 @@
+"""Reproducible mode: an image's dream does not depend on the batch it lands in.
+
+fp32 kernels are chosen by shape (oneDNN, cuDNN, MLAS pick algorithms and blockings per
+batch size), so the same image can round differently in a batch of 4 than alone, and over
+many steps a rounding difference can cross a ReLU or max-pool switch point. In reproducible
+mode (``--reproducible``) the loop evaluates every operation that mixes values *within* an
+image -- the backend's forward/backward and the per-image gradient norm -- on a batch-1 slice
+of its own, in a fresh allocation; everything done on the whole batch is elementwise or a
+gather (normalization, roll jitter, octave resampling, clamp), whose per-element result does
+not depend on the batch. Torch's deterministic algorithms are switched on for the duration.
+So, on one machine with one software stack and thread count, an image's result is
+bit-identical whatever its batch and its neighbours. It costs the speed of batching
+(see the README's "Reproducibility").
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+
+
+@contextlib.contextmanager
+def deterministic_torch(enabled: bool = True):
+    """Torch deterministic algorithms (and no cuDNN autotuning) inside the block; restored after."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    # warn_only: an op without a deterministic implementation warns instead of failing the job
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+def per_image(fn: Callable[[torch.Tensor, list], torch.Tensor], z: torch.Tensor, per_item: list) -> torch.Tensor:
+    """Apply ``fn(z_i[1,3,H,W], [per_item[i]]) -> [1,3,H,W]`` to each image alone; z: [N,3,H,W] -> [N,3,H,W].
+
+    Each slice is cloned so its kernels see a fresh allocation (same alignment whatever its
+    position in the batch).
+    """
+    return torch.cat([fn(z[i:i + 1].clone(), per_item[i:i + 1]) for i in range(z.shape[0])])
+
+
+__all__ = ["deterministic_torch", "per_image"]
