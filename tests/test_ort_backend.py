@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export_support import exported
+from export_fixtures import exported
 
 from dreamfleet.engine.backends.eager import EagerBackend
 from dreamfleet.engine.build import build_dream_model
