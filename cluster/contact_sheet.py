@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from dreamfleet.engine.atomic import atomic_write
 from dreamfleet.engine.report import ImageRecord
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ def make_contact_sheet(records: list[ImageRecord], path: Path, limit: int = 36, 
             x = x0 + pad + k * (thumb + pad) + (thumb - im.width) // 2
             y = y0 + pad + (thumb - im.height) // 2
             sheet.paste(im, (x, y))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    path = atomic_write(path, lambda fh: sheet.save(fh, format="PNG"), fsync=False)
     log.info("contact sheet of %d pairs -> %s", len(pairs), path)
     return path

@@ -9,7 +9,6 @@ against the final records and the files on disk at the end of a job.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
 
+from dreamfleet.engine.atomic import atomic_write, file_digest
 from dreamfleet.engine.job import STATE_DIR, JobPlan
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import WorkItem
@@ -42,12 +42,9 @@ class ManifestEntry:
     planned: str  # todo | skipped | failed
 
 
-def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def content_hash(path: str | Path) -> str:
+    """The manifest's input fingerprint: 16-byte blake2b (32 hex digits), as in earlier manifests."""
+    return file_digest(path, "blake2b", digest_size=16)
 
 
 def manifest_path(out_dir: Path) -> Path:
@@ -93,14 +90,9 @@ def build_manifest(plan: JobPlan, out_dir: Path, param_hash: str) -> list[Manife
     jobs += [(r.input, r.rel, r.output, r.shape, r.status) for r in plan.records]
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:  # hashing is I/O bound; keeps order
         entries = list(pool.map(entry, jobs, chunksize=64))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps({"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "entries": len(entries)}) + "\n")
-        for e in entries:
-            fh.write(json.dumps(asdict(e)) + "\n")
-    os.replace(tmp, path)
+    header = {"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "entries": len(entries)}
+    lines = [json.dumps(header)] + [json.dumps(asdict(e)) for e in entries]
+    atomic_write(path, "".join(line + "\n" for line in lines), fsync=False)
     log.info("manifest: %d inputs (%d to dream) hashed in %.2fs -> %s", len(entries), len(plan.todo),
              time.perf_counter() - t0, path)
     return entries

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfleet.engine.atomic import atomic_write
 from dreamfleet.engine.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,7 @@ def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: in
         if backend.steps > after_steps and not os.path.exists(marker):
             written = {str(p): p.stat().st_ino for p in Path(out_dir).rglob("*.png")
                        if not p.name.startswith(".") and "dreamfleet" not in p.name}
-            tmp = f"{marker}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump({"pid": os.getpid(), "written": written}, fh)
-            os.replace(tmp, marker)
+            atomic_write(marker, json.dumps({"pid": os.getpid(), "written": written}))
             log.error("dying mid-shard on purpose (pid %d, %d outputs written)", os.getpid(), len(written))
             os._exit(1)
 

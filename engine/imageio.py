@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
+from .atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
-TMP_SUFFIX = ".dreamfleet-tmp"
 _EXIF_SWAPS_AXES = {5, 6, 7, 8}
 _FORMAT_BY_EXT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
                   ".bmp": "BMP", ".gif": "GIF"}
@@ -144,19 +143,9 @@ def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: 
         if a.size != img.size:
             a = a.resize(img.size, Image.Resampling.LANCZOS)
         img.putalpha(a)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     buf = io.BytesIO()
     img.save(buf, format=fmt, **_encode(img, fmt, json.dumps(metadata, sort_keys=True)))
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, buf.getvalue())
 
 
 def read_metadata(path: Path) -> dict | None:

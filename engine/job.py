@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write, clean_stale_temporaries
 from .config import DreamConfig, config_to_dict
 from .imageio import ImageLoadError, probe_size
-from .inputs import clean_stale_temporaries, discover, output_path
+from .inputs import discover, output_path
 from .models import get_spec
 from .octaves import plan_shapes, usable_octaves
 from .report import ImageRecord, RunReport
@@ -88,8 +89,8 @@ def check_job_file(out_dir: Path, cfg: DreamConfig) -> None:
         if old and old != cfg.param_hash():
             raise JobMismatch(f"{out_dir} holds dreams made with other parameters (hash {old}, this job "
                               f"{cfg.param_hash()}); pass --overwrite to replace them or choose another -o")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"param_hash": cfg.param_hash(), "params": cfg.hashed_params()}, indent=2, default=list))
+    atomic_write(path, json.dumps({"param_hash": cfg.param_hash(), "params": cfg.hashed_params()}, indent=2,
+                                  default=list), fsync=False)
 
 
 def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
+
 REPORT_NAME = "dreamfleet-report.json"
 STATUSES = ("done", "skipped", "failed")
 
@@ -80,11 +82,7 @@ class RunReport:
 
     def write(self, path: Path | None = None) -> Path:
         path = Path(path or self.out_dir / REPORT_NAME)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2, default=str), fsync=False)
 
     def summary(self) -> str:
         t = self.totals()
