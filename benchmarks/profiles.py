@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from dreamfleet.engine.vocabulary import BACKENDS
+
 from .harness import Case
 
 log = logging.getLogger(__name__)
 
 PROFILES = ("quick", "full", "smoke")
-ALL_BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
+ALL_BACKENDS = BACKENDS
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-import tomllib
+from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
 
 def resolve_job(args: argparse.Namespace):
     """(DreamConfig, inputs, output) from the flags and an optional job file; flags win."""
-    from dreamfleet.engine.config import field_names, load_toml, make_config
+    from dreamfleet.engine.config import field_names, load_toml, make_config, read_toml
 
     inputs, config = list(args.inputs), args.config
     if len(inputs) == 1 and inputs[0].endswith(".toml"):
@@ -63,8 +63,7 @@ def resolve_job(args: argparse.Namespace):
     file_values: dict = {}
     job: dict = {}
     if config:
-        with open(config, "rb") as fh:
-            raw = tomllib.load(fh)
+        raw = read_toml(config)
         base = Path(config).parent
         if "inputs" in raw:
             listed = raw["inputs"] if isinstance(raw["inputs"], list) else [raw["inputs"]]
@@ -83,20 +82,21 @@ def resolve_job(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dreamfleet.backends import create_backend
+    from dreamfleet.backends import create_backend, preflight
 
     from .driver import ClusterOptions, run_cluster_job
 
     cfg, inputs, output = resolve_job(args)
+    preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     opts = ClusterOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
                           retries=args.retries, shard_timeout=args.shard_timeout, shard_size=args.shard_size,
                           torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet)
     result = run_cluster_job(cfg, inputs, output, create_backend, opts, progress=args.progress)
     report = result.report
     print(summary_line(result))
-    print(f"report: {report.out_dir / 'dreamfleet-report.json'}")
+    print(f"report: {report.out_dir / REPORT_NAME}")
     for rec in report.records:
-        if rec.status == "failed":
+        if rec.status == FAILED:
             print(f"  failed: {rec.input}: {rec.reason}", file=sys.stderr)
     for miss in result.reconciliation["unaccounted"]:
         print(f"  unaccounted: {miss['input']}: {miss['why']}", file=sys.stderr)

@@ -13,10 +13,11 @@ from PIL import Image, ImageOps
 
 from dreamfleet.engine.atomic import atomic_write
 from dreamfleet.engine.report import ImageRecord
+from dreamfleet.engine.vocabulary import CONTACT_SHEET_NAME, FINISHED
 
 log = logging.getLogger(__name__)
 
-SHEET_NAME = "dreamfleet-contact-sheet.png"
+SHEET_NAME = CONTACT_SHEET_NAME
 
 
 def _thumb(path: str, size: int) -> Image.Image | None:
@@ -34,7 +35,7 @@ def make_contact_sheet(records: list[ImageRecord], path: Path, limit: int = 36, 
     """Write a grid of (input, dream) pairs for the first ``limit`` records with outputs; None if none."""
     if limit < 1 or thumb < 8 or columns < 1:
         raise ValueError("contact sheet needs limit >= 1, thumb >= 8 and columns >= 1")
-    pairs = [r for r in sorted(records, key=lambda r: r.rel) if r.status in ("done", "skipped") and r.output
+    pairs = [r for r in sorted(records, key=lambda r: r.rel) if r.status in FINISHED and r.output
              and Path(r.output).exists()][:limit]
     if not pairs:
         return None

@@ -20,13 +20,14 @@ from itertools import groupby
 from pathlib import Path
 
 from dreamfleet.engine.atomic import atomic_write, file_digest
-from dreamfleet.engine.job import STATE_DIR, JobPlan
+from dreamfleet.engine.job import JobPlan
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import WorkItem
+from dreamfleet.engine.vocabulary import FINISHED, MANIFEST_NAME, STATE_DIR, STATUSES
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.jsonl"
+
 HASH_THREADS = 8
 
 
@@ -124,8 +125,8 @@ def reconcile(entries: list[ManifestEntry], records: list[ImageRecord]) -> dict:
         rec = final.get(e.rel)
         if rec is None:
             unaccounted.append({"rel": e.rel, "input": e.input, "why": "no record"})
-        elif rec.status in ("done", "skipped") and not (rec.output and Path(rec.output).exists()):
+        elif rec.status in FINISHED and not (rec.output and Path(rec.output).exists()):
             unaccounted.append({"rel": e.rel, "input": e.input, "why": f"{rec.status} but output missing"})
     counts = {s: sum(1 for e in entries if e.rel in final and final[e.rel].status == s)
-              for s in ("done", "skipped", "failed")}
+              for s in STATUSES}
     return {"manifest_entries": len(entries), **counts, "unaccounted": unaccounted, "ok": not unaccounted}

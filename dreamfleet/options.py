@@ -8,20 +8,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dreamfleet.backends import BACKENDS
-from dreamfleet.engine.config import (
+from dreamfleet.engine.config import PRESETS, DreamConfig, load_toml, make_config
+from dreamfleet.engine.models import list_models
+from dreamfleet.engine.vocabulary import (
+    BACKENDS,
     GRAD_NORMS,
     INTERPOLATIONS,
+    OBJECTIVE_KINDS,
     OUTPUT_FORMATS,
     PRECISIONS,
-    PRESETS,
     STEP_UNITS,
-    DreamConfig,
-    load_toml,
-    make_config,
 )
-from dreamfleet.engine.models import list_models
-from dreamfleet.engine.objectives import OBJECTIVE_KINDS
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamConfig)}
 

@@ -14,11 +14,7 @@ from pathlib import Path
 
 import tomllib
 
-PRECISIONS = ("fp32", "fp64", "bf16", "fp16")
-STEP_UNITS = ("pixel", "normalized")
-GRAD_NORMS = ("mean_abs", "l2")
-INTERPOLATIONS = ("bilinear", "nearest")
-OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
+from .vocabulary import GRAD_NORMS, INTERPOLATIONS, OUTPUT_FORMATS, PRECISIONS, STEP_UNITS
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
@@ -150,10 +146,22 @@ def field_names() -> set[str]:
     return {f.name for f in dataclasses.fields(DreamConfig)}
 
 
+def read_toml(path: str | Path) -> dict:
+    """The raw TOML table of ``path``; a missing or invalid file is a ValueError naming it (one line)."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path}: invalid TOML: {str(exc).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path}: cannot read: {exc}") from None
+
+
 def load_toml(path: str | Path) -> dict:
     """Read a job file: top-level keys are DreamConfig fields (dashes allowed); [dream] table also accepted."""
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
+    data = read_toml(path)
     data = dict(data.get("dream", {}), **{k: v for k, v in data.items() if not isinstance(v, dict)})
     return {k.replace("-", "_"): v for k, v in data.items()}
 
@@ -186,4 +194,5 @@ def config_to_dict(cfg: DreamConfig) -> dict:
     return d
 
 
-__all__ = ["DreamConfig", "PRESETS", "make_config", "load_toml", "config_to_dict", "field"]
+__all__ = ["DreamConfig", "GRAD_NORMS", "INTERPOLATIONS", "OUTPUT_FORMATS", "PRECISIONS", "PRESETS", "STEP_UNITS",
+           "config_to_dict", "field", "load_toml", "make_config", "read_toml"]

@@ -28,10 +28,10 @@ from .octaves import plan_shapes, usable_octaves
 from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
+from .vocabulary import JOB_FILE_NAME, LOCK_NAME, STATE_DIR
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".dreamfleet"
 
 
 class JobLocked(RuntimeError):
@@ -53,7 +53,7 @@ class OutputLock:
     """flock on OUT/.dreamfleet/lock for the duration of a run."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / STATE_DIR / "lock"
+        self.path = Path(out_dir) / STATE_DIR / LOCK_NAME
         self.fh = None
 
     def __enter__(self) -> "OutputLock":
@@ -80,7 +80,7 @@ class OutputLock:
 
 def check_job_file(out_dir: Path, cfg: DreamConfig) -> None:
     """Refuse to mix results of different parameters in one folder (unless overwrite)."""
-    path = Path(out_dir) / STATE_DIR / "job.json"
+    path = Path(out_dir) / STATE_DIR / JOB_FILE_NAME
     if path.exists() and not cfg.overwrite:
         try:
             old = json.loads(path.read_text()).get("param_hash")

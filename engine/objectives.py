@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OBJECTIVE_KINDS = ("l2", "norm", "channel", "guide", "guide-distance")
-GUIDED_KINDS = ("guide", "guide-distance")
+from .vocabulary import GUIDED_KINDS, OBJECTIVE_KINDS
 
 
 class LayerObjective(nn.Module):

@@ -11,9 +11,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
-
-REPORT_NAME = "dreamfleet-report.json"
-STATUSES = ("done", "skipped", "failed")
+from .vocabulary import REPORT_NAME, STATUSES
 
 
 @dataclass

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ..step import DreamObjective, objective_and_grad
+from ..vocabulary import CPU_PRECISIONS, PRECISIONS
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def loop_dtype(precision: str) -> torch.dtype:
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    valid = ("fp32", "fp64", "bf16", "fp16") if device.type == "cuda" else ("fp32", "fp64", "bf16")
+    valid = PRECISIONS if device.type == "cuda" else CPU_PRECISIONS
     if precision not in valid:
         raise ValueError(f"precision {precision!r} is not supported on {device.type}; valid: {', '.join(valid)}")
 
