@@ -50,8 +50,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--channels", "channels", "channel indices for --objective channel, e.g. 3,17", type=_channels)
     opt("--guide", "guide", "guide image for --objective guide / guide-distance")
     opt("--weights", "weights", "local weights file (.safetensors / .pth)")
-    g.add_argument("--random-weights", dest="random_weights", action="store_true", default=None,
-                   help="untrained random weights, for smoke tests; recorded in every output")
+    g.add_argument("--random-weights", dest="random_weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="untrained random weights, for smoke tests; recorded in every output (default: off)")
     g = p.add_argument_group("the octave ascent")
     opt("--octaves", "octaves", "octave count", type=int)
     opt("--octave-scale", "octave_scale", "size ratio between octaves", type=float)
@@ -68,7 +68,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--fixed-size", "fixed_size", "resize every image to N x N (0: off)", type=int)
     opt("--max-pixels", "max_pixels", "larger inputs are recorded as failures", type=int)
     opt("--output-format", "output_format", "same = the input's name and format", choices=OUTPUT_FORMATS)
-    g.add_argument("--overwrite", action="store_true", default=None, help="redo outputs that exist (default: skip them)")
+    g.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
+                   help="redo outputs that exist (default: skip them)")
     g = p.add_argument_group("execution")
     opt("--batch-size", "batch_size", "images per forward/backward", type=int)
     opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",

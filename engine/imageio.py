@@ -95,7 +95,9 @@ def load_image(path: Path, max_pixels: int) -> LoadedImage:
                 gray = _to_float(np.asarray(im))  # [H, W]
                 rgb = np.repeat(gray[..., None], 3, axis=2)
             else:
-                has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
+                # P, and L / RGB with a PNG tRNS colour key, carry transparency in im.info
+                has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+                    mode in ("P", "L", "RGB") and "transparency" in im.info)
                 if has_alpha:
                     rgba = im.convert("RGBA")
                     arr = np.asarray(rgba)

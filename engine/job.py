@@ -21,7 +21,7 @@ import torch
 
 from .atomic import atomic_write, clean_stale_temporaries
 from .config import DreamConfig, config_to_dict
-from .imageio import ImageLoadError, probe_size
+from .imageio import ImageLoadError, probe_size, read_metadata
 from .inputs import discover, output_path
 from .models import get_spec
 from .octaves import plan_shapes, usable_octaves
@@ -78,19 +78,35 @@ class OutputLock:
         self.fh.close()
 
 
+def folder_param_hash(out_dir: Path) -> str | None:
+    """The parameter hash the folder was last claimed with (OUT/.dreamfleet/job.json), or None."""
+    path = Path(out_dir) / STATE_DIR / JOB_FILE_NAME
+    try:
+        return json.loads(path.read_text()).get("param_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_job_file(out_dir: Path, cfg: DreamConfig) -> None:
     """Refuse to mix results of different parameters in one folder (unless overwrite)."""
-    path = Path(out_dir) / STATE_DIR / JOB_FILE_NAME
-    if path.exists() and not cfg.overwrite:
-        try:
-            old = json.loads(path.read_text()).get("param_hash")
-        except ValueError:
-            old = None
-        if old and old != cfg.param_hash():
-            raise JobMismatch(f"{out_dir} holds dreams made with other parameters (hash {old}, this job "
-                              f"{cfg.param_hash()}); pass --overwrite to replace them or choose another -o")
-    atomic_write(path, json.dumps({"param_hash": cfg.param_hash(), "params": cfg.hashed_params()}, indent=2,
-                                  default=list), fsync=False)
+    old = folder_param_hash(out_dir)
+    if old and old != cfg.param_hash() and not cfg.overwrite:
+        raise JobMismatch(f"{out_dir} holds dreams made with other parameters (hash {old}, this job "
+                          f"{cfg.param_hash()}); pass --overwrite to replace them or choose another -o")
+
+
+def write_job_file(out_dir: Path, cfg: DreamConfig) -> None:
+    """Claim the folder for this job's parameters (after planning accepted it)."""
+    atomic_write(Path(out_dir) / STATE_DIR / JOB_FILE_NAME, json.dumps(
+        {"param_hash": cfg.param_hash(), "params": cfg.hashed_params()}, indent=2, default=list), fsync=False)
+
+
+def output_param_hash(path: Path) -> str | None:
+    """The parameter hash embedded in an existing output, or None (no metadata, unreadable)."""
+    try:
+        return (read_metadata(path) or {}).get("param_hash")
+    except Exception:  # a foreign or damaged file: not ours
+        return None
 
 
 def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:
@@ -98,6 +114,9 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:
     spec = get_spec(cfg.model)
     items, problems = discover(inputs, out_dir)
     plan = JobPlan(records=[ImageRecord(src, src, "failed", reason=why) for src, why in problems])
+    # an existing output counts as done only if it embeds this job's hash; a folder claimed by this job
+    # (a resumed --overwrite) redoes older outputs, an unclaimed one refuses them
+    ours, claimed, foreign = cfg.param_hash(), folder_param_hash(out_dir) == cfg.param_hash(), []
     for item in items:
         try:
             out = output_path(out_dir, item.rel, cfg.output_format)
@@ -105,9 +124,16 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:
             plan.records.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
             continue
         if out.exists() and not cfg.overwrite:
-            plan.records.append(ImageRecord(str(item.path), item.rel, "skipped", output=str(out),
-                                            reason="output exists"))
-            continue
+            made_with = output_param_hash(out)
+            if made_with == ours or (made_with is None and claimed):  # None: BMP keeps no metadata
+                plan.records.append(ImageRecord(str(item.path), item.rel, "skipped", output=str(out),
+                                                reason="output exists"))
+                continue
+            if not claimed:
+                foreign.append(f"{item.rel} (hash {made_with})")
+                continue
+            log.info("%s was made with other parameters (hash %s) before this job's --overwrite; redoing it",
+                     item.rel, made_with)
         try:
             w, h = probe_size(item.path, cfg.max_pixels)
             hw = working_size(w, h, cfg)
@@ -116,6 +142,10 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:
             plan.records.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
             continue
         plan.todo.append(WorkItem(str(item.path), item.rel, str(out), hw))
+    if foreign:
+        raise JobMismatch(f"{out_dir} holds {len(foreign)} output(s) made with other parameters or not by "
+                          f"dreamfleet (e.g. {foreign[0]}; this job {ours}); pass --overwrite to replace them "
+                          "or choose another -o")
     plan.todo.sort(key=lambda i: (i.hw, i.rel))
     plan.shapes = plan_shapes([i.hw for i in plan.todo], cfg.batch_size, cfg.octaves, cfg.octave_scale, spec.min_size)
     return plan
@@ -137,6 +167,7 @@ def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path, command: st
         report.extra["stale_temporaries_removed"] = stale
         check_job_file(out_dir, cfg)
         plan = plan_job(cfg, inputs, out_dir)
+        write_job_file(out_dir, cfg)
         for rec in plan.records:
             report.add(rec)
         log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),

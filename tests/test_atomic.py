@@ -10,7 +10,7 @@ from dreamfleet.cluster.manifest import build_manifest, content_hash
 from dreamfleet.engine import atomic
 from dreamfleet.engine.atomic import TMP_SUFFIX, atomic_write, clean_stale_temporaries, file_digest
 from dreamfleet.engine.imageio import save_image
-from dreamfleet.engine.job import check_job_file, plan_job
+from dreamfleet.engine.job import plan_job, write_job_file
 from dreamfleet.engine.report import ImageRecord, RunReport
 
 
@@ -39,7 +39,7 @@ def test_leftovers_of_every_writer_are_cleaned(tmp_path, monkeypatch):
     make_images(tmp_path / "in", 2)
     cfg, out = tiny_config(), tmp_path / "out"
     plan = plan_job(cfg, [str(tmp_path / "in")], out)
-    check_job_file(out, cfg)  # job.json
+    write_job_file(out, cfg)  # job.json
     build_manifest(plan, out, cfg.param_hash())  # the manifest
     item = plan.todo[0]
     save_image(out / item.rel, np.full((64, 64, 3), 0.5, np.float32), None, {})  # a dream
