@@ -46,6 +46,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per CPU worker (default: 1)")
     g.add_argument("--contact-sheet", type=int, default=36, metavar="N",
                    help="input/dream pairs on the contact sheet (default: 36; 0: none)")
+    g.add_argument("--dashboard", action="store_true", default=False,
+                   help="start the Ray dashboard with a local Ray (default: off)")
     p.set_defaults(func=cmd_run)
 
 
@@ -90,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     opts = ClusterOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
                           retries=args.retries, shard_timeout=args.shard_timeout, shard_size=args.shard_size,
-                          torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet)
+                          torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet,
+                          dashboard=args.dashboard)
     result = run_cluster_job(cfg, inputs, output, create_backend, opts, progress=args.progress)
     report = result.report
     print(summary_line(result))

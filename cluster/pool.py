@@ -33,6 +33,20 @@ from .worker import DreamWorker, ShardResult
 log = logging.getLogger(__name__)
 
 MAX_START_FAILURES = 3  # consecutive actor start failures before a slot is given up
+NODE_CHECK_SECONDS = 2.0  # while no worker is up, how often to ask Ray whether any node is alive
+
+
+class NoLiveNode(RuntimeError):
+    """Every Ray node is gone: nothing can run; finished outputs are kept and a rerun resumes."""
+
+
+def alive_nodes(ray) -> int:
+    """Alive nodes in the cluster (0 when Ray itself cannot answer)."""
+    try:
+        return sum(1 for n in ray.nodes() if n.get("Alive"))
+    except Exception as exc:  # the GCS is gone too
+        log.debug("ray.nodes() failed: %s", exc)
+        return 0
 
 
 @dataclass
@@ -135,6 +149,7 @@ class WorkerPool:
         for slot in self.slots:
             self._start(slot)
         self.last_progress = time.perf_counter()
+        last_node_check = time.perf_counter()
         while queue or any(v[2] is not None for v in self.inflight.values()):
             self._dispatch()
             if not self.inflight:
@@ -143,7 +158,13 @@ class WorkerPool:
             if tick:
                 tick()
             stalled = time.perf_counter() - self.last_progress
-            if not any(s.ready for s in self.slots) and stalled > self.opts.start_timeout:
+            idle = not any(s.ready for s in self.slots)
+            if idle and time.perf_counter() - last_node_check >= NODE_CHECK_SECONDS:
+                last_node_check = time.perf_counter()
+                if alive_nodes(self.ray) == 0:
+                    raise NoLiveNode("no Ray node is alive (the local Ray stopped, or the cluster lost every node); "
+                                     "finished outputs are kept: rerun the same command to resume")
+            if idle and stalled > self.opts.start_timeout:
                 raise RuntimeError(f"no worker (re)started within {self.opts.start_timeout:.0f}s; the cluster may lack "
                                    f"the resources asked for ({self.opts.gpus_per_worker} GPU per worker); "
                                    f"cluster has {self.ray.cluster_resources()}")

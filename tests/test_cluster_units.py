@@ -158,3 +158,72 @@ def test_shard_function_runs_in_process_and_poison_is_caught(tmp_path):
     assert result.shard_id == 7 and result.seconds > 0
     assert status == {"img00.png": "done", "img01.png": "done", "img02.png": "failed", "img03.png": "done"}
     assert "poison image" in [r for r in result.records if r.status == "failed"][0].reason
+
+
+class _FakeRay:
+    """Just enough of the ray module for a pool whose only node has died."""
+
+    def __init__(self, nodes):
+        self._nodes = nodes
+
+    def remote(self, cls):
+        fake = self
+
+        class Method:
+            @staticmethod
+            def remote(*a):
+                return object()
+
+        class Handle:  # actor.info.remote(), actor.process.remote(...)
+            info = process = Method
+
+        class Cls:
+            @staticmethod
+            def options(**kw):
+                return Cls
+
+            @staticmethod
+            def remote(*a):
+                return Handle()
+
+        fake.handle = Handle
+        return Cls
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return [], refs
+
+    def nodes(self):
+        return self._nodes
+
+    def kill(self, actor, no_restart=True):
+        pass
+
+
+def test_pool_fails_fast_when_no_node_is_alive(monkeypatch):
+    import sys
+
+    from dreamfleet.cluster import pool as pool_mod
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay([{"Alive": False}]))
+    monkeypatch.setattr(pool_mod, "NODE_CHECK_SECONDS", 0.0)
+    pool = pool_mod.WorkerPool(tiny_config(), None, pool_mod.PoolOptions(workers=1), [(1, 64, 64)])
+    with pytest.raises(pool_mod.NoLiveNode, match="no Ray node is alive.*rerun the same command to resume"):
+        pool.run([[_item(0, (64, 64))]], on_record=lambda r: None)
+
+
+def test_local_ray_starts_without_dashboard_unless_asked(monkeypatch):
+    import sys
+    import types
+
+    from dreamfleet.cluster.driver import connect
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    connect(None)
+    connect(None, dashboard=True)
+    assert [c["include_dashboard"] for c in calls] == [False, True]
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert parser.parse_args(["run", "x", "-o", "y", "--dashboard"]).dashboard is True
