@@ -83,11 +83,21 @@ def resolve_job(args: argparse.Namespace):
     return make_config(args.preset, file_values, overrides), inputs, output
 
 
+def require_ray() -> None:
+    """Say up front, before any planning or writing, that cluster mode needs the ``cluster`` extra."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"`dreamfleet run` needs Ray, which is not installed here ({exc}); install it with "
+                          "pip install 'dreamfleet[cluster]', or dream in this process with `dreamfleet dream`") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dreamfleet.backends import create_backend, preflight
 
     from .driver import ClusterOptions, run_cluster_job
 
+    require_ray()
     cfg, inputs, output = resolve_job(args)
     preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     opts = ClusterOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,

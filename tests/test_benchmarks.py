@@ -70,3 +70,10 @@ def test_table_and_chart_include_cluster_rows(tmp_path):
     assert "cluster_cpu.jsonl" in text and "| cluster_2w |" in text and "1.7" in text
     rows = report.cluster_rows(tmp_path / "cluster_cpu.jsonl")
     assert [r["case"] for r in rows] == ["in_process", "cluster_2w"] and rows[1]["images_per_s"] == 3.74
+
+
+def test_bench_defaults_work_outside_a_checkout():
+    from dreamfleet.benchmarks.run import RESULTS_DIR, SAMPLES, sample_dirs
+
+    assert not RESULTS_DIR.is_absolute()  # results land under the current directory, not in the package
+    assert any((d / s).is_file() for d in sample_dirs() for s in SAMPLES)

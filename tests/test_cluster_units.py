@@ -227,3 +227,17 @@ def test_local_ray_starts_without_dashboard_unless_asked(monkeypatch):
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     assert parser.parse_args(["run", "x", "-o", "y", "--dashboard"]).dashboard is True
+
+
+def test_run_without_ray_says_install_the_extra_before_anything(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dreamfleet.cli import main
+
+    make_images(tmp_path / "in", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "in"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'dreamfleet[cluster]'" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
