@@ -28,6 +28,7 @@ from dreamfleet.engine.config import DreamConfig
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import BackendFactory, WorkItem
 
+from .retry import RetryPolicy
 from .worker import DreamWorker, ShardResult
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,20 @@ class Slot:
         return f"w{self.index}" if self.generation == 0 else f"w{self.index}.{self.generation}"
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """One outstanding Ray call: a shard on a slot's actor, or (``shard_id`` None) its start probe."""
+
+    slot: Slot
+    seq: int  # dispatch order
+    shard_id: int | None
+    items: list[WorkItem]
+
+    @property
+    def is_probe(self) -> bool:
+        return self.shard_id is None
+
+
 @dataclass
 class PoolStats:
     workers: dict = field(default_factory=dict)  # name -> info + throughput
@@ -111,7 +126,7 @@ class WorkerPool:
         self.actor_cls = ray.remote(DreamWorker)
         self.slots = [Slot(i) for i in range(opts.workers)]
         self.stats = PoolStats()
-        self.inflight: dict = {}  # ref -> (slot, seq, shard_id or None for the ready probe, items)
+        self.inflight: dict[object, InFlight] = {}  # Ray ObjectRef -> what it is
         self.seq = itertools.count()
         self.shard_ids = itertools.count()
         self.first_ready: float | None = None  # perf_counter when the first worker came up
@@ -123,7 +138,7 @@ class WorkerPool:
                                             max_restarts=0, max_task_retries=0).remote(
             self.cfg, self.factory, slot.name, self.opts.torch_threads)
         slot.ready = False
-        self.inflight[slot.actor.info.remote()] = (slot, next(self.seq), None, [])
+        self.inflight[slot.actor.info.remote()] = InFlight(slot, next(self.seq), None, [])
         self.stats.workers.setdefault(slot.name, {"shards": 0, "done": 0, "failed": 0, "busy_seconds": 0.0})
 
     def _kill(self, slot: Slot) -> None:
@@ -142,7 +157,7 @@ class WorkerPool:
     def run(self, shards: list[list[WorkItem]], on_record: Callable[[ImageRecord], None],
             tick: Callable[[], None] | None = None) -> PoolStats:
         queue: deque = deque((next(self.shard_ids), s) for s in shards if s)
-        self.failures: dict[str, int] = {}
+        self.policy = RetryPolicy(self.opts.retries)
         self.final: set[str] = set()
         self.on_record, self.queue = on_record, queue
         self.items_by_rel = {i.rel: i for s in shards for i in s}
@@ -150,7 +165,7 @@ class WorkerPool:
             self._start(slot)
         self.last_progress = time.perf_counter()
         last_node_check = time.perf_counter()
-        while queue or any(v[2] is not None for v in self.inflight.values()):
+        while queue or any(not v.is_probe for v in self.inflight.values()):
             self._dispatch()
             if not self.inflight:
                 raise RuntimeError("every worker failed to start; see the log for the actors' errors")
@@ -188,10 +203,10 @@ class WorkerPool:
                 if not busy:
                     slot.active_since = time.perf_counter()
                 sid, items = self.queue.popleft()
-                self.inflight[slot.actor.process.remote(sid, items)] = (slot, next(self.seq), sid, items)
+                self.inflight[slot.actor.process.remote(sid, items)] = InFlight(slot, next(self.seq), sid, items)
 
     def _busy(self, slot: Slot) -> int:
-        return sum(1 for v in self.inflight.values() if v[0] is slot and v[2] is not None)
+        return sum(1 for v in self.inflight.values() if v.slot is slot and not v.is_probe)
 
     def _check_hung(self) -> None:
         now = time.perf_counter()
@@ -201,7 +216,8 @@ class WorkerPool:
                 self._lost(slot, f"worker {slot.name} hung: no shard back in {self.opts.shard_timeout:.0f}s")
 
     def _collect(self, ref) -> None:
-        slot, seq, sid, items = self.inflight.pop(ref)
+        call = self.inflight.pop(ref)
+        slot, sid, items = call.slot, call.shard_id, call.items
         slot.active_since = time.perf_counter()
         try:
             result = self.ray.get(ref)
@@ -212,7 +228,7 @@ class WorkerPool:
                 self._shard_failed(items, f"shard raised: {_short(exc)}")
             return
         except self.ray.exceptions.RayError as exc:  # the worker process is gone
-            self.inflight[ref] = (slot, seq, sid, items)  # let _lost account for it with the others
+            self.inflight[ref] = call  # let _lost account for it with the others
             self._lost(slot, f"worker {slot.name} lost: {_short(exc)}")
             return
         if sid is None:
@@ -230,15 +246,15 @@ class WorkerPool:
 
     def _lost(self, slot: Slot, reason: str) -> None:
         """The slot's actor died: recreate it; charge the shard it was running, requeue the rest."""
-        mine = sorted(((v[1], r, v) for r, v in self.inflight.items() if v[0] is slot), key=lambda t: t[0])
+        mine = sorted(((v.seq, r, v) for r, v in self.inflight.items() if v.slot is slot), key=lambda t: t[0])
         for _, r, v in mine:
             del self.inflight[r]
-            if v[2] is None:  # its start probe may have finished without being collected yet
+            if v.is_probe:  # its start probe may have finished without being collected yet
                 try:  # the actor is dead, so this resolves at once: its answer or the death
                     self._ready(slot, self.ray.get(r, timeout=10))
                 except Exception as exc:  # the actor never came up
                     log.debug("start probe of %s: %s", slot.name, _short(exc))
-        shards = [(v[2], v[3]) for _, _, v in mine if v[2] is not None]
+        shards = [(v.shard_id, v.items) for _, _, v in mine if not v.is_probe]
         self._kill(slot)
         log.warning("%s (%d shard(s) outstanding)", reason, len(shards))
         if not slot.ready:
@@ -260,7 +276,7 @@ class WorkerPool:
         if rec.rel in self.final:
             return
         self.final.add(rec.rel)
-        rec.attempts = max(rec.attempts, self.failures.get(rec.rel, 0) + (1 if rec.status == "done" else 0))
+        rec.attempts = max(rec.attempts, self.policy.attempts(rec.rel, rec.status == "done"))
         self.on_record(rec)
 
     def _written_this_run(self, item: WorkItem) -> bool:
@@ -291,20 +307,19 @@ class WorkerPool:
             else:
                 rest.append(item)
         if len(rest) > 1:
-            for item in rest:
-                self.failures[item.rel] = self.failures.get(item.rel, 0) + 1
-            half = len(rest) // 2
+            halves = self.policy.split(rest)
             self.stats.retries += 1
-            log.warning("%s; retrying its %d images as %d + %d", reason, len(rest), half, len(rest) - half)
-            self.queue.append((next(self.shard_ids), rest[:half]))
-            self.queue.append((next(self.shard_ids), rest[half:]))
+            log.warning("%s; retrying its %d images as %d + %d", reason, len(rest), *map(len, halves))
+            for half in halves:
+                self.queue.append((next(self.shard_ids), half))
         elif rest:
             self._charge(rest[0], reason, None)
 
     def _charge(self, item: WorkItem, reason: str, rec: ImageRecord | None) -> None:
         """One more failure for ``item`` alone: retry it, or quarantine it once over budget."""
-        n = self.failures[item.rel] = self.failures.get(item.rel, 0) + 1
-        if n <= self.opts.retries:
+        decision = self.policy.charge(item.rel)
+        n = decision.failures
+        if decision.retry:
             self.stats.retries += 1
             self.queue.append((next(self.shard_ids), [item]))
             log.info("retrying %s (failure %d of %d allowed): %s", item.rel, n, self.opts.retries, reason)

@@ -241,3 +241,20 @@ def test_run_without_ray_says_install_the_extra_before_anything(tmp_path, monkey
     err = capsys.readouterr().err
     assert "pip install 'dreamfleet[cluster]'" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_retry_policy_splits_then_retries_alone_then_quarantines():
+    from dreamfleet.cluster.retry import RetryPolicy
+
+    policy = RetryPolicy(retries=2)
+    items = [_item(i, (32, 32)) for i in range(5)]
+    halves = policy.split(items)  # a failed shard: everyone charged once, halves requeued
+    assert [len(h) for h in halves] == [2, 3] and sum(halves, []) == items
+    assert policy.failures == {i.rel: 1 for i in items}
+    first = policy.charge("0.png")  # alone now: failure 2 of 3 allowed attempts
+    second = policy.charge("0.png")
+    assert (first.retry, first.failures) == (True, 2) and (second.retry, second.failures) == (False, 3)
+    assert policy.attempts("1.png", succeeded=True) == 2 and policy.attempts("9.png", succeeded=True) == 1
+    assert RetryPolicy(0).charge("x").retry is False
+    with pytest.raises(ValueError, match="retries"):
+        RetryPolicy(-1)
