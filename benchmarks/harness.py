@@ -81,7 +81,7 @@ class Job:
 
     def __init__(self, case: Case, images: torch.Tensor, device: torch.device) -> None:
         from dreamfleet.backends import create_backend
-        from dreamfleet.engine.build import build_dream_model
+        from dreamfleet.engine.build import build_dream_model_for
         from dreamfleet.engine.octaves import plan_shapes
 
         self.case, self.device = case, device
@@ -91,8 +91,7 @@ class Job:
         if case.impl == "seed":
             self._build_seed()
             return
-        self.dm = build_dream_model(self.cfg.model, self.cfg.layer, self.cfg.objective, self.cfg.channels,
-                                    self.cfg.weights, self.cfg.random_weights)
+        self.dm = build_dream_model_for(self.cfg)
         self.n_oct = usable_octaves(case.size, case.size, case.octaves, case.octave_scale, self.dm.spec.min_size)
         self.steps = (case.n_images // case.batch_size) * self.n_oct * case.iterations
         t0 = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 
 from .backends.base import Backend
 from .backends.eager import loop_dtype, resolve_device
-from .build import DreamModel, build_dream_model
+from .build import DreamModel, build_dream_model_for
 from .config import DreamConfig
 from .imageio import ImageLoadError, load_image, save_image
 from .loop import dream_tensor
@@ -52,8 +52,7 @@ class DreamRunner:
         self.cfg, self.worker = cfg, worker
         self.device = resolve_device(cfg.device)
         guide = self._load_guide() if cfg.guide else None
-        self.dm = build_dream_model(cfg.model, cfg.layer, cfg.objective, cfg.channels, cfg.weights,
-                                    cfg.random_weights, guide)
+        self.dm = build_dream_model_for(cfg, guide)
         self.backend = backend_factory(self.dm, cfg, self.device)
         self.dtype = loop_dtype(cfg.precision)
         self.batch_limit: dict[tuple[int, int], int] = {}
