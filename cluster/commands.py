@@ -122,3 +122,6 @@ def summary_line(result) -> str:
     return (f"{result.report.summary()}; {len(workers)} worker(s), {extra.get('retries', 0)} retries, "
             f"{extra.get('worker_restarts', 0)} worker restarts, {len(extra.get('quarantined', []))} quarantined, "
             f"{len(result.reconciliation['unaccounted'])} unaccounted")
+
+
+__all__ = ["JOB_KEYS", "add_parser", "cmd_run", "require_ray", "resolve_job", "summary_line"]

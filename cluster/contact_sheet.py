@@ -56,3 +56,6 @@ def make_contact_sheet(records: list[ImageRecord], path: Path, limit: int = 36, 
     path = atomic_write(path, lambda fh: sheet.save(fh, format="PNG"), fsync=False)
     log.info("contact sheet of %d pairs -> %s", len(pairs), path)
     return path
+
+
+__all__ = ["SHEET_NAME", "make_contact_sheet"]

@@ -153,3 +153,7 @@ def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, starte
     finally:
         if started_here:
             ray.shutdown()
+
+
+__all__ = ["ClusterOptions", "ClusterResult", "LOCAL_OBJECT_STORE_BYTES", "connect", "resolve_pool_options",
+           "run_cluster_job"]

@@ -130,3 +130,7 @@ def reconcile(entries: list[ManifestEntry], records: list[ImageRecord]) -> dict:
     counts = {s: sum(1 for e in entries if e.rel in final and final[e.rel].status == s)
               for s in STATUSES}
     return {"manifest_entries": len(entries), **counts, "unaccounted": unaccounted, "ok": not unaccounted}
+
+
+__all__ = ["HASH_THREADS", "ManifestEntry", "auto_shard_size", "build_manifest", "content_hash", "make_shards",
+           "manifest_path", "reconcile"]

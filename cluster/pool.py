@@ -336,3 +336,6 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     last = text[-1] if text else type(exc).__name__
     return f"{type(exc).__name__}: {last}"[:limit]
 
+
+__all__ = ["InFlight", "MAX_START_FAILURES", "NODE_CHECK_SECONDS", "NoLiveNode", "PoolOptions", "PoolStats", "Slot",
+           "WorkerPool", "alive_nodes"]

@@ -92,3 +92,6 @@ def hanging_backend(dm, cfg, device, *, marker: str):
             time.sleep(3600)
 
     return _Wrapped(create_backend(dm, cfg, device), on_step)
+
+
+__all__ = ["dying_backend", "hanging_backend", "has_poison", "poison_backend"]

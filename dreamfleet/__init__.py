@@ -19,3 +19,6 @@ def dream_folder(inputs, output, **params):
     preflight(cfg)
     return run_job(cfg, [str(i) for i in ([inputs] if isinstance(inputs, str) else inputs)], output, create_backend,
                    progress=False)
+
+
+__all__ = ["__version__", "dream_folder"]

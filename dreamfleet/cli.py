@@ -105,3 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["build_parser", "cmd_dream", "cmd_layers", "cmd_models", "main"]

@@ -93,3 +93,6 @@ def config_from_args(args: argparse.Namespace) -> DreamConfig:
     file_values = load_toml(args.config) if args.config else {}
     overrides = {k: getattr(args, k, None) for k in _DEFAULTS if k != "preset"}
     return make_config(args.preset, file_values, overrides)
+
+
+__all__ = ["add_dream_options", "config_from_args"]

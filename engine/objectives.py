@@ -171,3 +171,7 @@ def build_objective(kind: str, layers: list[tuple[str, float]], channels: tuple[
             term = GuideDistance(name)
         terms.append((w, term))
     return Weighted(terms)
+
+
+__all__ = ["GUIDED_KINDS", "OBJECTIVE_KINDS", "Channel", "GuideDistance", "GuideDot", "LayerObjective", "MeanSquare", "Norm", "Weighted",
+           "build_objective", "parse_layers"]

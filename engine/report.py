@@ -86,3 +86,6 @@ class RunReport:
         t = self.totals()
         return (f"{t['done']} dreamed, {t['skipped']} skipped, {t['failed']} failed in {t['wall_seconds']:.1f}s: "
                 f"{t['images_per_s'] or 0:.3f} images/s overall, {t['images_per_s_steady'] or 0:.3f} images/s steady")
+
+
+__all__ = ["REPORT_NAME", "STATUSES", "ImageRecord", "RunReport", "environment"]

@@ -105,3 +105,6 @@ def state_hash(module: nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
     return h.hexdigest()
+
+
+__all__ = ["WeightsUnavailable", "load_weights", "read_state_dict", "state_hash"]

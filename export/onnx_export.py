@@ -181,3 +181,8 @@ def cached_export(dm: DreamModel, precision: str = "fp32", opset: int = 18) -> P
     log.info("exporting the gradient graph to %s (first use)", path)
     export_gradient_onnx(dm, path, precision=precision, opset=opset, check=True)
     return path
+
+
+__all__ = ["EXPORT_PRECISIONS", "FORMAT_VERSION", "HALF_TOLERANCE", "MATCH_KEYS", "PARITY_COSINE", "PARITY_REL_L2",
+           "ParityError", "cache_dir", "cache_key", "cached_export", "check_metadata", "compare", "expected_metadata",
+           "export_gradient_onnx", "parity", "read_metadata"]
