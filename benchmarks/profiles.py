@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from dreamfleet.engine.vocabulary import BACKENDS
+from dreamfleet.engine.vocabulary import BACKENDS, CPU_PRECISIONS, PRECISIONS
 
 from .harness import Case
 
@@ -35,7 +35,8 @@ class Profile:
 
 
 def precisions(device: torch.device) -> tuple[str, ...]:
-    return ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
+    valid = PRECISIONS if device.type == "cuda" else CPU_PRECISIONS
+    return tuple(p for p in valid if p != "fp64")  # fp64 is for tests, not throughput
 
 
 def _matrix(vgg: Case, goog: Case, batches: tuple[int, ...], sizes: tuple[int, ...], device: torch.device,

@@ -15,6 +15,7 @@ bit-identical whatever its batch and its neighbours. It costs the speed of batch
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable
 
 import torch
@@ -28,6 +29,8 @@ def deterministic_torch(enabled: bool = True):
         return
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    # cuBLAS needs a fixed workspace to be deterministic; read when its handle is created (first matmul)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # warn_only: an op without a deterministic implementation warns instead of failing the job
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True

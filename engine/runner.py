@@ -68,6 +68,8 @@ class DreamRunner:
         return space.to_model(x)
 
     def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
+        if self.cfg.reproducible:  # every step runs one image at a time (engine/reproducible.py)
+            shapes = sorted({(1, h, w) for _, h, w in shapes})
         self.backend.prepare(shapes)
 
     def close(self) -> None:

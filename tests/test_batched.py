@@ -129,3 +129,19 @@ def test_gradient_normalized_per_image():
     pix_step = (out - z) / space.unit
     inside = (out > space.lo) & (out < space.hi)
     assert abs(pix_step[0][inside[0]].abs().mean().item() - 1.5) < 0.5
+
+
+def test_reproducible_runner_prepares_batch_1_shapes():
+    from dreamfleet.backends import create_backend
+    from dreamfleet.engine.runner import DreamRunner
+
+    seen = []
+
+    def factory(dm, cfg, device):
+        be = create_backend(dm, cfg, device)
+        be.prepare = seen.extend
+        return be
+
+    cfg = make_config("classic", overrides=dict(layer="inception3a", reproducible=True, device="cpu"))
+    DreamRunner(cfg, factory).prepare([(4, 64, 64), (2, 64, 64), (4, 45, 45)])
+    assert seen == [(1, 45, 45), (1, 64, 64)]
