@@ -16,7 +16,7 @@ from .config import DreamConfig
 from .jitter import draw_shifts, image_rng, roll
 from .models import ModelSpec
 from .octaves import build_pyramid, resize_to, usable_octaves
-from .reproducible import deterministic_torch, per_image
+from .reproducible import reproducible_step
 from .space import ImageSpace
 
 log = logging.getLogger(__name__)
@@ -24,16 +24,12 @@ log = logging.getLogger(__name__)
 
 def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace) -> torch.Tensor:
     """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W]."""
+    if cfg.reproducible:  # each image alone, batch-1 kernels, deterministic torch (engine/reproducible.py)
+        return reproducible_step(ascent_step, backend, z, rngs, cfg, space)
     shifts = draw_shifts(rngs, cfg.jitter)
-
-    def advance(z: torch.Tensor, shifts: list) -> torch.Tensor:
-        _, grad = backend.step(roll(z, shifts))  # grad: [N,3,H,W], in the rolled frame
-        grad = roll(grad, shifts, sign=-1)
-        return space.update(z, grad, cfg.step, cfg.grad_norm)
-
-    if cfg.reproducible and z.shape[0] > 1:
-        return per_image(advance, z, shifts)  # batch-1 kernels for every image (engine/reproducible.py)
-    return advance(z, shifts)
+    _, grad = backend.step(roll(z, shifts))  # grad: [N,3,H,W], in the rolled frame
+    grad = roll(grad, shifts, sign=-1)
+    return space.update(z, grad, cfg.step, cfg.grad_norm)
 
 
 def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spec: ModelSpec, keys: list[str],
@@ -50,17 +46,16 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
     if n_oct < cfg.octaves:
         log.info("%dx%d: %d of %d octaves fit the model's %d px minimum", w, h, n_oct, cfg.octaves, spec.min_size)
     rngs = [image_rng(cfg.seed, k) for k in keys]
-    with deterministic_torch(cfg.reproducible):
-        pyramid = build_pyramid(base, n_oct, cfg.octave_scale, cfg.interpolation)  # largest first
-        detail = torch.zeros_like(pyramid[-1])
-        z = pyramid[-1]
-        for level, octave_base in enumerate(reversed(pyramid)):
-            if level > 0:
-                detail = resize_to(detail, tuple(octave_base.shape[-2:]), cfg.interpolation)
-            z = octave_base + detail  # [N,3,h,w]
-            for _ in range(cfg.iterations):
-                z = ascent_step(backend, z, rngs, cfg, space)
-            detail = z - octave_base
+    pyramid = build_pyramid(base, n_oct, cfg.octave_scale, cfg.interpolation)  # largest first
+    detail = torch.zeros_like(pyramid[-1])
+    z = pyramid[-1]
+    for level, octave_base in enumerate(reversed(pyramid)):
+        if level > 0:
+            detail = resize_to(detail, tuple(octave_base.shape[-2:]), cfg.interpolation)
+        z = octave_base + detail  # [N,3,h,w]
+        for _ in range(cfg.iterations):
+            z = ascent_step(backend, z, rngs, cfg, space)
+        detail = z - octave_base
     return z
 
 

@@ -15,6 +15,7 @@ bit-identical whatever its batch and its neighbours. It costs the speed of batch
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Callable
 
@@ -41,13 +42,16 @@ def deterministic_torch(enabled: bool = True):
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
-def per_image(fn: Callable[[torch.Tensor, list], torch.Tensor], z: torch.Tensor, per_item: list) -> torch.Tensor:
-    """Apply ``fn(z_i[1,3,H,W], [per_item[i]]) -> [1,3,H,W]`` to each image alone; z: [N,3,H,W] -> [N,3,H,W].
+def reproducible_step(step: Callable, backend, z: torch.Tensor, rngs: list, cfg, space) -> torch.Tensor:
+    """``step`` (the loop's ascent step) applied to each image alone; z: [N,3,H,W] -> [N,3,H,W].
 
-    Each slice is cloned so its kernels see a fresh allocation (same alignment whatever its
-    position in the batch).
+    Each slice is cloned so its kernels see a fresh allocation (the same alignment whatever its
+    position in the batch); each image's jitter stream is its own, so it draws the same shift as
+    in the batched step. Runs for N == 1 too, so a batch of one takes exactly the same path.
     """
-    return torch.cat([fn(z[i:i + 1].clone(), per_item[i:i + 1]) for i in range(z.shape[0])])
+    plain = dataclasses.replace(cfg, reproducible=False)
+    with deterministic_torch():
+        return torch.cat([step(backend, z[i:i + 1].clone(), rngs[i:i + 1], plain, space) for i in range(z.shape[0])])
 
 
-__all__ = ["deterministic_torch", "per_image"]
+__all__ = ["deterministic_torch", "reproducible_step"]
