@@ -23,7 +23,7 @@ from PIL import Image
 
 log = logging.getLogger("dreamfleet.bench.cluster")
 
-RESULTS = Path(__file__).resolve().parent / "results" / "cluster_cpu.jsonl"
+RESULTS = Path("benchmarks") / "results" / "cluster_cpu.jsonl"  # under the current directory
 
 
 def make_job(folder: Path, n: int, side: int, seed: int = 0) -> None:

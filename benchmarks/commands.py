@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(same as --profile full; hours on a 2-core CPU, minutes on a GPU)")
     p.add_argument("--profile", choices=PROFILES, default=None, help="case matrix (default: quick)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: benchmarks/results)")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: benchmarks/results under the current directory)")
     p.add_argument("--backends", type=_backends, default=None, metavar="A,B",
                    help="backends to measure, of eager,compile,onnxruntime,tensorrt "
                         "(default: quick on CPU skips compile; full runs all that are installed)")

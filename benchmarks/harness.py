@@ -48,6 +48,7 @@ class Case:
     images: int = 2  # images per timed job (rounded up to whole batches)
     layer: str | None = None  # None: the preset's layer
     threads: int = 0  # torch intra-op threads while measuring; 0: torch's default
+    reproducible: bool = False  # --reproducible: batch-1 kernels per image (same pixels, other speed)
 
     @property
     def n_images(self) -> int:
@@ -61,7 +62,8 @@ class Case:
     @property
     def key(self) -> str:
         threads = f"/t{self.threads}" if self.threads else ""
-        return f"{self.job_key}/{self.impl}/{self.backend}/{self.precision}/b{self.batch_size}{threads}"
+        repro = "/reproducible" if self.reproducible else ""
+        return f"{self.job_key}/{self.impl}/{self.backend}/{self.precision}/b{self.batch_size}{threads}{repro}"
 
     def config(self, device: torch.device):
         if self.impl not in IMPLS:
@@ -71,7 +73,7 @@ class Case:
             model=self.model, layer=self.layer, backend=self.backend, precision=self.precision,
             batch_size=self.batch_size, octaves=self.octaves, octave_scale=self.octave_scale,
             iterations=self.iterations, fixed_size=self.size, random_weights=self.model != "bvlc_googlenet",
-            device=str(device)))
+            device=str(device), reproducible=self.reproducible))
 
 
 class Job:
@@ -79,7 +81,7 @@ class Job:
 
     def __init__(self, case: Case, images: torch.Tensor, device: torch.device) -> None:
         from dreamfleet.backends import create_backend
-        from dreamfleet.engine.build import build_dream_model
+        from dreamfleet.engine.build import build_dream_model_for
         from dreamfleet.engine.octaves import plan_shapes
 
         self.case, self.device = case, device
@@ -89,8 +91,7 @@ class Job:
         if case.impl == "seed":
             self._build_seed()
             return
-        self.dm = build_dream_model(self.cfg.model, self.cfg.layer, self.cfg.objective, self.cfg.channels,
-                                    self.cfg.weights, self.cfg.random_weights)
+        self.dm = build_dream_model_for(self.cfg)
         self.n_oct = usable_octaves(case.size, case.size, case.octaves, case.octave_scale, self.dm.spec.min_size)
         self.steps = (case.n_images // case.batch_size) * self.n_oct * case.iterations
         t0 = time.perf_counter()

@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from dreamfleet.engine.vocabulary import BACKENDS, CPU_PRECISIONS, PRECISIONS
+
 from .harness import Case
 
 log = logging.getLogger(__name__)
 
 PROFILES = ("quick", "full", "smoke")
-ALL_BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
+ALL_BACKENDS = BACKENDS
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class Profile:
 
 
 def precisions(device: torch.device) -> tuple[str, ...]:
-    return ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
+    valid = PRECISIONS if device.type == "cuda" else CPU_PRECISIONS
+    return tuple(p for p in valid if p != "fp64")  # fp64 is for tests, not throughput
 
 
 def _matrix(vgg: Case, goog: Case, batches: tuple[int, ...], sizes: tuple[int, ...], device: torch.device,
@@ -48,6 +51,8 @@ def _matrix(vgg: Case, goog: Case, batches: tuple[int, ...], sizes: tuple[int, .
         cases += [replace(ref_v, group="precision", precision=prec), replace(ref_g, group="precision", precision=prec)]
     if device.type == "cpu" and torch.get_num_threads() > 1:  # many small ops: threads can cost more than they give
         cases += [replace(ref_v, group="threads", threads=1), replace(ref_g, group="threads", threads=1)]
+    cases += [replace(ref_v, group="reproducible", reproducible=True),
+              replace(ref_g, group="reproducible", reproducible=True)]
     for backend in ALL_BACKENDS[1:]:
         cases += [replace(ref_v, group="backend", backend=backend), replace(ref_g, group="backend", backend=backend)]
     return cases

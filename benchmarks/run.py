@@ -25,9 +25,20 @@ from .profiles import ALL_BACKENDS, get_profile
 
 log = logging.getLogger(__name__)
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SAMPLE_DIRS = (Path(__file__).resolve().parent / "data", Path(__file__).resolve().parent.parent / "data" / "samples")
+RESULTS_DIR = Path("benchmarks") / "results"  # under the current directory (a checkout's own, run from its root)
 SAMPLES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
+
+
+def sample_dirs() -> list[Path]:
+    """Where the sample photos are: a checkout's data/samples, or the installed ``dreamfleet.samples`` data."""
+    dirs = [Path(__file__).resolve().parent.parent / "data" / "samples"]
+    try:
+        spec = importlib.util.find_spec("dreamfleet.samples")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(p) for p in spec.submodule_search_locations]
+    return dirs
 
 
 def load_images(n: int, size: int) -> torch.Tensor:
@@ -35,9 +46,10 @@ def load_images(n: int, size: int) -> torch.Tensor:
     from dreamfleet.engine.imageio import load_image
     from dreamfleet.engine.sizing import to_tensor
 
-    paths = [d / s for s in SAMPLES for d in SAMPLE_DIRS if (d / s).is_file()]
+    dirs = sample_dirs()
+    paths = [d / s for s in SAMPLES for d in dirs if (d / s).is_file()]
     if not paths:
-        log.warning("no sample photos in %s; using generated images", [str(d) for d in SAMPLE_DIRS])
+        log.warning("no sample photos in %s; using generated images", [str(d) for d in dirs])
         gen = torch.Generator().manual_seed(0)
         low = torch.rand(n, 3, max(2, size // 16), max(2, size // 16), generator=gen)
         return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)

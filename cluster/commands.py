@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-import tomllib
+from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ def add_parser(subparsers) -> None:
     g.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per CPU worker (default: 1)")
     g.add_argument("--contact-sheet", type=int, default=36, metavar="N",
                    help="input/dream pairs on the contact sheet (default: 36; 0: none)")
+    g.add_argument("--dashboard", action="store_true", default=False,
+                   help="start the Ray dashboard with a local Ray (default: off)")
     p.set_defaults(func=cmd_run)
 
 
 def resolve_job(args: argparse.Namespace):
     """(DreamConfig, inputs, output) from the flags and an optional job file; flags win."""
-    from dreamfleet.engine.config import field_names, load_toml, make_config
+    from dreamfleet.engine.config import field_names, load_toml, make_config, read_toml
     from dreamfleet.engine.storage import is_url, location
 
     inputs, config = list(args.inputs), args.config
@@ -64,8 +66,7 @@ def resolve_job(args: argparse.Namespace):
     file_values: dict = {}
     job: dict = {}
     if config:
-        with open(config, "rb") as fh:
-            raw = tomllib.load(fh)
+        raw = read_toml(config)
         base = Path(config).parent
         if "inputs" in raw:
             listed = raw["inputs"] if isinstance(raw["inputs"], list) else [raw["inputs"]]
@@ -83,21 +84,33 @@ def resolve_job(args: argparse.Namespace):
     return make_config(args.preset, file_values, overrides), inputs, output
 
 
+def require_ray() -> None:
+    """Say up front, before any planning or writing, that cluster mode needs the ``cluster`` extra."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"`dreamfleet run` needs Ray, which is not installed here ({exc}); install it with "
+                          "pip install 'dreamfleet[cluster]', or dream in this process with `dreamfleet dream`") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from dreamfleet.backends import create_backend
+    from dreamfleet.backends import create_backend, preflight
 
     from .driver import ClusterOptions, run_cluster_job
 
+    require_ray()
     cfg, inputs, output = resolve_job(args)
+    preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     opts = ClusterOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
                           retries=args.retries, shard_timeout=args.shard_timeout, shard_size=args.shard_size,
-                          torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet)
+                          torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet,
+                          dashboard=args.dashboard)
     result = run_cluster_job(cfg, inputs, output, create_backend, opts, progress=args.progress)
     report = result.report
     print(summary_line(result))
-    print(f"report: {report.out_dir / 'dreamfleet-report.json'}")
+    print(f"report: {report.out_dir / REPORT_NAME}")
     for rec in report.records:
-        if rec.status == "failed":
+        if rec.status == FAILED:
             print(f"  failed: {rec.input}: {rec.reason}", file=sys.stderr)
     for miss in result.reconciliation["unaccounted"]:
         print(f"  unaccounted: {miss['input']}: {miss['why']}", file=sys.stderr)
@@ -110,3 +123,6 @@ def summary_line(result) -> str:
     return (f"{result.report.summary()}; {len(workers)} worker(s), {extra.get('retries', 0)} retries, "
             f"{extra.get('worker_restarts', 0)} worker restarts, {len(extra.get('quarantined', []))} quarantined, "
             f"{len(result.reconciliation['unaccounted'])} unaccounted")
+
+
+__all__ = ["JOB_KEYS", "add_parser", "cmd_run", "require_ray", "resolve_job", "summary_line"]

@@ -9,16 +9,16 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 
 from PIL import Image, ImageOps
 
 from dreamfleet.engine.report import ImageRecord
-from dreamfleet.engine.storage import Storage, is_url, location
+from dreamfleet.engine.storage import Storage, location
+from dreamfleet.engine.vocabulary import CONTACT_SHEET_NAME, FINISHED
 
 log = logging.getLogger(__name__)
 
-SHEET_NAME = "dreamfleet-contact-sheet.png"
+SHEET_NAME = CONTACT_SHEET_NAME
 
 
 def _thumb(path: str, size: int, storage: Storage | None = None) -> Image.Image | None:
@@ -37,7 +37,7 @@ def make_contact_sheet(records: list[ImageRecord], path, limit: int = 36, thumb:
     if limit < 1 or thumb < 8 or columns < 1:
         raise ValueError("contact sheet needs limit >= 1, thumb >= 8 and columns >= 1")
     storage = storage or Storage()
-    pairs = [r for r in sorted(records, key=lambda r: r.rel) if r.status in ("done", "skipped") and r.output
+    pairs = [r for r in sorted(records, key=lambda r: r.rel) if r.status in FINISHED and r.output
              and storage.exists(r.output)][:limit]
     if not pairs:
         return None
@@ -56,15 +56,11 @@ def make_contact_sheet(records: list[ImageRecord], path, limit: int = 36, thumb:
             y = y0 + pad + (thumb - im.height) // 2
             sheet.paste(im, (x, y))
     path = location(path)
-    if is_url(path):  # one PUT
-        buf = io.BytesIO()
-        sheet.save(buf, format="PNG")
-        storage.write_bytes(path, buf.getvalue())
-        log.info("contact sheet of %d pairs -> %s", len(pairs), path)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    storage.write_bytes(path, buf.getvalue(), fsync=False)  # local: temporary + rename; objects: one PUT
     log.info("contact sheet of %d pairs -> %s", len(pairs), path)
     return path
+
+
+__all__ = ["SHEET_NAME", "make_contact_sheet"]

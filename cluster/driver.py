@@ -42,6 +42,7 @@ class ClusterOptions:
     shard_size: int = 0  # 0: automatic
     torch_threads: int = 1  # per CPU worker
     contact_sheet: int = 36  # pairs on the sheet (0: none)
+    dashboard: bool = False  # a local Ray starts its dashboard only when asked (--dashboard)
 
 
 @dataclass
@@ -54,8 +55,12 @@ class ClusterResult:
         return 0 if self.reconciliation["ok"] and not self.report.counts()["failed"] else 1
 
 
-def connect(address: str | None):
-    """ray.init once: join ``address`` (or $RAY_ADDRESS) or start a small local Ray; returns (ray, started_here)."""
+def connect(address: str | None, dashboard: bool = False):
+    """ray.init once: join ``address`` (or $RAY_ADDRESS) or start a small local Ray; returns (ray, started_here).
+
+    A local Ray runs without the dashboard unless ``dashboard`` (Ray 2.60's raylet still starts its
+    per-node dashboard agent, which cannot be switched off from ``ray.init``).
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -64,7 +69,7 @@ def connect(address: str | None):
     if address or os.environ.get("RAY_ADDRESS"):  # --address, or inside `ray job submit`
         ray.init(address=address or None, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=True)
+        ray.init(include_dashboard=dashboard, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=True)
     return ray, True
 
 
@@ -113,7 +118,7 @@ def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, ba
 
 
 def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started) -> None:
-    ray, started_here = connect(opts.address)
+    ray, started_here = connect(opts.address, opts.dashboard)
     try:
         resources = ray.cluster_resources()
         pool_opts = resolve_pool_options(opts, resources)
@@ -150,3 +155,7 @@ def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, starte
     finally:
         if started_here:
             ray.shutdown()
+
+
+__all__ = ["ClusterOptions", "ClusterResult", "LOCAL_OBJECT_STORE_BYTES", "connect", "resolve_pool_options",
+           "run_cluster_job"]

@@ -10,7 +10,6 @@ against the final records and the files on disk at the end of a job.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -21,14 +20,16 @@ from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
 
-from dreamfleet.engine.job import STATE_DIR, JobPlan
+from dreamfleet.engine.atomic import file_digest
+from dreamfleet.engine.job import JobPlan
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import WorkItem
 from dreamfleet.engine.storage import Storage, is_url, location
+from dreamfleet.engine.vocabulary import FINISHED, MANIFEST_NAME, STATE_DIR, STATUSES
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.jsonl"
+
 HASH_THREADS = 8
 
 
@@ -44,12 +45,9 @@ class ManifestEntry:
     planned: str  # todo | skipped | failed
 
 
-def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def content_hash(path: str | Path) -> str:
+    """The manifest's input fingerprint: 16-byte blake2b (32 hex digits), as in earlier manifests."""
+    return file_digest(path, "blake2b", digest_size=16)
 
 
 def manifest_path(out_dir):
@@ -101,21 +99,9 @@ def build_manifest(plan: JobPlan, out_dir, param_hash: str, storage: Storage | N
     jobs += [(r.input, r.rel, r.output, r.shape, r.status) for r in plan.records]
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:  # hashing is I/O bound; keeps order
         entries = list(pool.map(entry, jobs, chunksize=64))
-    if is_url(path):
-        header = json.dumps({"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "entries": len(entries)})
-        storage.write_bytes(path, "".join([header + "\n"] + [json.dumps(asdict(e)) + "\n" for e in entries]))
-        log.info("manifest: %d inputs (%d to dream) in %.2fs -> %s", len(entries), len(plan.todo),
-                 time.perf_counter() - t0, path)
-        return entries
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps({"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "entries": len(entries)}) + "\n")
-        for e in entries:
-            fh.write(json.dumps(asdict(e)) + "\n")
-    os.replace(tmp, path)
+    header = {"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "entries": len(entries)}
+    lines = [json.dumps(header)] + [json.dumps(asdict(e)) for e in entries]
+    storage.write_bytes(path, "".join(line + "\n" for line in lines), fsync=False)  # local: atomic; objects: one PUT
     log.info("manifest: %d inputs (%d to dream) hashed in %.2fs -> %s", len(entries), len(plan.todo),
              time.perf_counter() - t0, path)
     return entries
@@ -148,9 +134,13 @@ def reconcile(entries: list[ManifestEntry], records: list[ImageRecord], storage:
         rec = final.get(e.rel)
         if rec is None:
             unaccounted.append({"rel": e.rel, "input": e.input, "why": "no record"})
-        elif rec.status in ("done", "skipped") and not (rec.output and (rec.output in present if is_url(rec.output)
+        elif rec.status in FINISHED and not (rec.output and (rec.output in present if is_url(rec.output)
                                                                         else Path(rec.output).exists())):
             unaccounted.append({"rel": e.rel, "input": e.input, "why": f"{rec.status} but output missing"})
     counts = {s: sum(1 for e in entries if e.rel in final and final[e.rel].status == s)
-              for s in ("done", "skipped", "failed")}
+              for s in STATUSES}
     return {"manifest_entries": len(entries), **counts, "unaccounted": unaccounted, "ok": not unaccounted}
+
+
+__all__ = ["HASH_THREADS", "ManifestEntry", "auto_shard_size", "build_manifest", "content_hash", "make_shards",
+           "manifest_path", "reconcile"]

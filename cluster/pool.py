@@ -34,12 +34,27 @@ from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import BackendFactory, WorkItem
 from dreamfleet.engine.storage import Storage, is_url
 
+from .retry import RetryPolicy
 from .worker import DreamWorker, ShardResult
 
 log = logging.getLogger(__name__)
 
 MAX_START_FAILURES = 3  # consecutive actor start failures before a slot is given up
 PREPARE = -1  # the shard-id slot of an actor's prepare task in ``inflight`` (shard ids are >= 0)
+NODE_CHECK_SECONDS = 2.0  # while no worker is up, how often to ask Ray whether any node is alive
+
+
+class NoLiveNode(RuntimeError):
+    """Every Ray node is gone: nothing can run; finished outputs are kept and a rerun resumes."""
+
+
+def alive_nodes(ray) -> int:
+    """Alive nodes in the cluster (0 when Ray itself cannot answer)."""
+    try:
+        return sum(1 for n in ray.nodes() if n.get("Alive"))
+    except Exception as exc:  # the GCS is gone too
+        log.debug("ray.nodes() failed: %s", exc)
+        return 0
 
 
 @dataclass
@@ -78,6 +93,22 @@ class Slot:
         return f"w{self.index}" if self.generation == 0 else f"w{self.index}.{self.generation}"
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """One outstanding Ray call: a shard on a slot's actor, its start probe (``shard_id`` None) or its
+    prepare task (``shard_id`` PREPARE)."""
+
+    slot: Slot
+    seq: int  # dispatch order
+    shard_id: int | None
+    items: list[WorkItem]
+
+    @property
+    def is_probe(self) -> bool:
+        """Not a shard: the start probe or the prepare task."""
+        return self.shard_id is None or self.shard_id == PREPARE
+
+
 @dataclass
 class PoolStats:
     workers: dict = field(default_factory=dict)  # name -> info + throughput
@@ -105,7 +136,7 @@ class WorkerPool:
         self.actor_cls = ray.remote(DreamWorker)
         self.slots = [Slot(i) for i in range(opts.workers)]
         self.stats = PoolStats()
-        self.inflight: dict = {}  # ref -> (slot, seq, shard_id or None for the ready probe, items)
+        self.inflight: dict[object, InFlight] = {}  # Ray ObjectRef -> what it is
         self.seq = itertools.count()
         self.shard_ids = itertools.count()
         self.first_ready: float | None = None  # perf_counter when the first worker came up
@@ -117,8 +148,8 @@ class WorkerPool:
                                             max_restarts=0, max_task_retries=0).remote(
             self.cfg, self.factory, slot.name, self.opts.torch_threads, self.shapes)
         slot.ready = False
-        self.inflight[slot.actor.info.remote()] = (slot, next(self.seq), None, [])
-        self.inflight[slot.actor.prepare.remote(self.shapes)] = (slot, next(self.seq), PREPARE, [])
+        self.inflight[slot.actor.info.remote()] = InFlight(slot, next(self.seq), None, [])
+        self.inflight[slot.actor.prepare.remote(self.shapes)] = InFlight(slot, next(self.seq), PREPARE, [])
         self.stats.workers.setdefault(slot.name, {"shards": 0, "done": 0, "failed": 0, "busy_seconds": 0.0})
 
     def _kill(self, slot: Slot) -> None:
@@ -137,14 +168,15 @@ class WorkerPool:
     def run(self, shards: list[list[WorkItem]], on_record: Callable[[ImageRecord], None],
             tick: Callable[[], None] | None = None) -> PoolStats:
         queue: deque = deque((next(self.shard_ids), s) for s in shards if s)
-        self.failures: dict[str, int] = {}
+        self.policy = RetryPolicy(self.opts.retries)
         self.final: set[str] = set()
         self.on_record, self.queue = on_record, queue
         self.items_by_rel = {i.rel: i for s in shards for i in s}
         for slot in self.slots:
             self._start(slot)
         self.last_progress = time.perf_counter()
-        while queue or any(_is_shard(v) for v in self.inflight.values()):
+        last_node_check = time.perf_counter()
+        while queue or any(not v.is_probe for v in self.inflight.values()):
             self._dispatch()
             if not self.inflight:
                 raise RuntimeError("every worker failed to start; see the log for the actors' errors")
@@ -152,7 +184,13 @@ class WorkerPool:
             if tick:
                 tick()
             stalled = time.perf_counter() - self.last_progress
-            if not any(s.ready for s in self.slots) and stalled > self.opts.start_timeout:
+            idle = not any(s.ready for s in self.slots)
+            if idle and time.perf_counter() - last_node_check >= NODE_CHECK_SECONDS:
+                last_node_check = time.perf_counter()
+                if alive_nodes(self.ray) == 0:
+                    raise NoLiveNode("no Ray node is alive (the local Ray stopped, or the cluster lost every node); "
+                                     "finished outputs are kept: rerun the same command to resume")
+            if idle and stalled > self.opts.start_timeout:
                 raise RuntimeError(f"no worker (re)started within {self.opts.start_timeout:.0f}s; the cluster may lack "
                                    f"the resources asked for ({self.opts.gpus_per_worker} GPU per worker); "
                                    f"cluster has {self.ray.cluster_resources()}")
@@ -176,10 +214,10 @@ class WorkerPool:
                 if not busy:
                     slot.active_since = time.perf_counter()
                 sid, items = self.queue.popleft()
-                self.inflight[slot.actor.process.remote(sid, items)] = (slot, next(self.seq), sid, items)
+                self.inflight[slot.actor.process.remote(sid, items)] = InFlight(slot, next(self.seq), sid, items)
 
     def _busy(self, slot: Slot) -> int:
-        return sum(1 for v in self.inflight.values() if v[0] is slot and _is_shard(v))
+        return sum(1 for v in self.inflight.values() if v.slot is slot and not v.is_probe)
 
     def _check_hung(self) -> None:
         now = time.perf_counter()
@@ -189,7 +227,8 @@ class WorkerPool:
                 self._lost(slot, f"worker {slot.name} hung: no shard back in {self.opts.shard_timeout:.0f}s")
 
     def _collect(self, ref) -> None:
-        slot, seq, sid, items = self.inflight.pop(ref)
+        call = self.inflight.pop(ref)
+        slot, sid, items = call.slot, call.shard_id, call.items
         slot.active_since = time.perf_counter()
         try:
             result = self.ray.get(ref)
@@ -205,7 +244,7 @@ class WorkerPool:
         except self.ray.exceptions.RayError as exc:  # the worker process is gone
             if sid == PREPARE:
                 slot.ready = False  # died while preparing: a start failure, its shards are not charged
-            self.inflight[ref] = (slot, seq, sid, items)  # let _lost account for it with the others
+            self.inflight[ref] = call  # let _lost account for it with the others
             self._lost(slot, f"worker {slot.name} lost: {_short(exc)}")
             return
         if sid is None:
@@ -226,15 +265,15 @@ class WorkerPool:
 
     def _lost(self, slot: Slot, reason: str) -> None:
         """The slot's actor died: recreate it; charge the shard it was running, requeue the rest."""
-        mine = sorted(((v[1], r, v) for r, v in self.inflight.items() if v[0] is slot), key=lambda t: t[0])
+        mine = sorted(((v.seq, r, v) for r, v in self.inflight.items() if v.slot is slot), key=lambda t: t[0])
         for _, r, v in mine:
             del self.inflight[r]
-            if v[2] is None:  # its start probe may have finished without being collected yet
+            if v.shard_id is None:  # its start probe may have finished without being collected yet
                 try:  # the actor is dead, so this resolves at once: its answer or the death
                     self._ready(slot, self.ray.get(r, timeout=10))
                 except Exception as exc:  # the actor never came up
                     log.debug("start probe of %s: %s", slot.name, _short(exc))
-        shards = [(v[2], v[3]) for _, _, v in mine if _is_shard(v)]
+        shards = [(v.shard_id, v.items) for _, _, v in mine if not v.is_probe]
         self._kill(slot)
         log.warning("%s (%d shard(s) outstanding)", reason, len(shards))
         if not slot.ready:
@@ -256,7 +295,7 @@ class WorkerPool:
         if rec.rel in self.final:
             return
         self.final.add(rec.rel)
-        rec.attempts = max(rec.attempts, self.failures.get(rec.rel, 0) + (1 if rec.status == "done" else 0))
+        rec.attempts = max(rec.attempts, self.policy.attempts(rec.rel, rec.status == "done"))
         self.on_record(rec)
 
     def _written_this_run(self, item: WorkItem) -> bool:
@@ -287,20 +326,19 @@ class WorkerPool:
             else:
                 rest.append(item)
         if len(rest) > 1:
-            for item in rest:
-                self.failures[item.rel] = self.failures.get(item.rel, 0) + 1
-            half = len(rest) // 2
+            halves = self.policy.split(rest)
             self.stats.retries += 1
-            log.warning("%s; retrying its %d images as %d + %d", reason, len(rest), half, len(rest) - half)
-            self.queue.append((next(self.shard_ids), rest[:half]))
-            self.queue.append((next(self.shard_ids), rest[half:]))
+            log.warning("%s; retrying its %d images as %d + %d", reason, len(rest), *map(len, halves))
+            for half in halves:
+                self.queue.append((next(self.shard_ids), half))
         elif rest:
             self._charge(rest[0], reason, None)
 
     def _charge(self, item: WorkItem, reason: str, rec: ImageRecord | None) -> None:
         """One more failure for ``item`` alone: retry it, or quarantine it once over budget."""
-        n = self.failures[item.rel] = self.failures.get(item.rel, 0) + 1
-        if n <= self.opts.retries:
+        decision = self.policy.charge(item.rel)
+        n = decision.failures
+        if decision.retry:
             self.stats.retries += 1
             self.queue.append((next(self.shard_ids), [item]))
             log.info("retrying %s (failure %d of %d allowed): %s", item.rel, n, self.opts.retries, reason)
@@ -312,13 +350,11 @@ class WorkerPool:
                                    worker=rec.worker if rec else None, attempts=n))
 
 
-def _is_shard(entry: tuple) -> bool:
-    """An ``inflight`` value that is a shard (not the start probe or the prepare task)."""
-    return entry[2] is not None and entry[2] != PREPARE
-
-
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()
     last = text[-1] if text else type(exc).__name__
     return f"{type(exc).__name__}: {last}"[:limit]
 
+
+__all__ = ["InFlight", "MAX_START_FAILURES", "NODE_CHECK_SECONDS", "NoLiveNode", "PoolOptions", "PoolStats", "Slot",
+           "WorkerPool", "alive_nodes"]

@@ -62,3 +62,6 @@ class Progress:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+__all__ = ["Progress"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfleet.engine.atomic import atomic_write
 from dreamfleet.engine.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,7 @@ def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: in
                        if not p.name.startswith(".") and "dreamfleet" not in p.name}
             if not written:
                 return  # no output written yet: die at a later step
-            tmp = f"{marker}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump({"pid": os.getpid(), "written": written}, fh)
-            os.replace(tmp, marker)
+            atomic_write(marker, json.dumps({"pid": os.getpid(), "written": written}))
             log.error("dying mid-shard on purpose (pid %d, %d outputs written)", os.getpid(), len(written))
             os._exit(1)
 
@@ -129,3 +127,6 @@ def prepare_checking_backend(dm, cfg, device, *, record_dir: str, die_marker: st
     from dreamfleet.backends import create_backend
 
     return _PrepareChecked(create_backend(dm, cfg, device), record_dir, die_marker, die_after)
+
+
+__all__ = ["dying_backend", "hanging_backend", "has_poison", "poison_backend", "prepare_checking_backend"]

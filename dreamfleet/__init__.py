@@ -11,10 +11,14 @@ __version__ = "0.1.0"
 
 def dream_folder(inputs, output, **params):
     """Dream ``inputs`` (paths, folders, globs) into ``output``; ``params`` are DreamConfig fields (``preset=`` too)."""
-    from dreamfleet.backends import create_backend
+    from dreamfleet.backends import create_backend, preflight
     from dreamfleet.engine.config import make_config
     from dreamfleet.engine.job import run_job
 
     cfg = make_config(params.pop("preset", None), overrides=params)
+    preflight(cfg)
     return run_job(cfg, [str(i) for i in ([inputs] if isinstance(inputs, str) else inputs)], output, create_backend,
                    progress=False)
+
+
+__all__ = ["__version__", "dream_folder"]

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from dreamfleet.engine.config import config_to_dict
+from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
 
 log = logging.getLogger("dreamfleet")
 
@@ -20,17 +21,18 @@ _PLUGINS = ("dreamfleet.export.commands", "dreamfleet.cluster.commands", "dreamf
 
 
 def cmd_dream(args: argparse.Namespace) -> int:
-    from dreamfleet.backends import create_backend
+    from dreamfleet.backends import create_backend, preflight
     from dreamfleet.engine.job import run_job
     from dreamfleet.options import config_from_args
 
     cfg = config_from_args(args)
+    preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     log.debug("config: %s", config_to_dict(cfg))
     report = run_job(cfg, args.inputs, args.output, create_backend, progress=args.progress)
     print(report.summary())
-    print(f"report: {report.out_dir / 'dreamfleet-report.json'}")
+    print(f"report: {report.out_dir / REPORT_NAME}")
     for rec in report.records:
-        if rec.status == "failed":
+        if rec.status == FAILED:
             print(f"  failed: {rec.input}: {rec.reason}", file=sys.stderr)
     return 1 if report.counts()["failed"] else 0
 
@@ -103,3 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["build_parser", "cmd_dream", "cmd_layers", "cmd_models", "main"]

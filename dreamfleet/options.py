@@ -8,23 +8,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dreamfleet.backends import BACKENDS
-from dreamfleet.engine.config import (
+from dreamfleet.engine.config import LAP_LEVELS_RANGE, PRESETS, SMOOTH_SIGMA_MAX, DreamConfig, load_toml, make_config
+from dreamfleet.engine.models import list_models
+from dreamfleet.engine.vocabulary import (
+    BACKENDS,
     GRAD_NORMS,
     INTERPOLATIONS,
-    LAP_LEVELS_RANGE,
+    OBJECTIVE_KINDS,
     OUTPUT_FORMATS,
     PRECISIONS,
-    PRESETS,
     SMOOTH_MODES,
-    SMOOTH_SIGMA_MAX,
     STEP_UNITS,
-    DreamConfig,
-    load_toml,
-    make_config,
 )
-from dreamfleet.engine.models import list_models
-from dreamfleet.engine.objectives import OBJECTIVE_KINDS
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamConfig)}
 
@@ -57,8 +52,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--channels", "channels", "channel indices for --objective channel, e.g. 3,17", type=_channels)
     opt("--guide", "guide", "guide image for --objective guide / guide-distance")
     opt("--weights", "weights", "local weights file (.safetensors / .pth)")
-    g.add_argument("--random-weights", dest="random_weights", action="store_true", default=None,
-                   help="untrained random weights, for smoke tests; recorded in every output")
+    g.add_argument("--random-weights", dest="random_weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="untrained random weights, for smoke tests; recorded in every output (default: off)")
     g = p.add_argument_group("the octave ascent")
     opt("--octaves", "octaves", "octave count", type=int)
     opt("--octave-scale", "octave_scale", "size ratio between octaves", type=float)
@@ -82,7 +77,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--fixed-size", "fixed_size", "resize every image to N x N (0: off)", type=int)
     opt("--max-pixels", "max_pixels", "larger inputs are recorded as failures", type=int)
     opt("--output-format", "output_format", "same = the input's name and format", choices=OUTPUT_FORMATS)
-    g.add_argument("--overwrite", action="store_true", default=None, help="redo outputs that exist (default: skip them)")
+    g.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
+                   help="redo outputs that exist (default: skip them)")
     g = p.add_argument_group("execution")
     opt("--batch-size", "batch_size", "images per forward/backward", type=int)
     opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",
@@ -94,8 +90,11 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--backend", "backend", "gradient backend", choices=BACKENDS)
     opt("--device", "device", "auto, cpu, cuda, cuda:N")
     opt("--onnx", "onnx", "exported gradient graph for --backend onnxruntime/tensorrt")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
-                   help="keep NCHW memory format (default: channels_last)")
+    g.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA, off for CPU)")
+    g.add_argument("--reproducible", dest="reproducible", action=argparse.BooleanOptionalAction, default=None,
+                   help="an image's dream does not depend on its batch: each image runs batch-1 kernels, torch "
+                        "deterministic algorithms (default: off)")
     g.add_argument("--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a TTY)")
 
@@ -105,3 +104,6 @@ def config_from_args(args: argparse.Namespace) -> DreamConfig:
     file_values = load_toml(args.config) if args.config else {}
     overrides = {k: getattr(args, k, None) for k in _DEFAULTS if k != "preset"}
     return make_config(args.preset, file_values, overrides)
+
+
+__all__ = ["add_dream_options", "config_from_args"]

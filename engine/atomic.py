@@ -24,11 +24,13 @@ def temporary_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
 
 
-def atomic_write(path: str | Path, data: bytes | str | Writer, fsync: bool = True) -> Path:
+def atomic_write(path: str | Path, data: bytes | str | Writer, fsync: bool = True,
+                 verify: Callable[[Path], None] | None = None) -> Path:
     """Write ``data`` (bytes, text, or a callable that writes to a binary file) to ``path`` atomically.
 
     ``fsync`` makes the content durable before the rename (the dreams); bookkeeping files that
-    are rewritten often may skip it. The parent folder is created. Returns ``path``.
+    are rewritten often may skip it. ``verify(temporary)`` runs on the complete temporary before
+    the rename: if it raises, ``path`` is left as it was. The parent folder is created. Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,8 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, fsync: bool = Tru
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -49,9 +53,10 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, fsync: bool = Tru
     return path
 
 
-def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file's bytes, read in chunks (``algorithm``: any hashlib name)."""
-    h = hashlib.new(algorithm)
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20, **params) -> str:
+    """Hex digest of a file's bytes, read in chunks (``algorithm``: any hashlib name; ``params``: its options,
+    e.g. ``digest_size=16`` for blake2b)."""
+    h = hashlib.new(algorithm, **params)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import DreamConfig
 from .models import ModelSpec, get_spec
 from .objectives import build_objective, parse_layers
 from .step import DreamObjective
@@ -57,3 +58,11 @@ def build_dream_model(
     n_kept = sum(p.numel() for p in module.parameters())
     log.info("%s truncated at %s: %d of %d parameters kept", spec.name, [n for n, _ in parsed], n_kept, n_full)
     return DreamModel(module, spec, info, parsed, objective)
+
+
+def build_dream_model_for(cfg: DreamConfig, guide: torch.Tensor | None = None) -> DreamModel:
+    """The dream model a job's config asks for (model, layers, objective, channels, weights)."""
+    return build_dream_model(cfg.model, cfg.layer, cfg.objective, cfg.channels, cfg.weights, cfg.random_weights, guide)
+
+
+__all__ = ["DreamModel", "build_dream_model", "build_dream_model_for", "build_full_model"]

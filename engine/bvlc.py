@@ -74,3 +74,6 @@ class BVLCGoogLeNet(nn.Module):
         x = self.inception5b(self.inception5a(x))  # [N, 1024, 7, 7]
         x = torch.flatten(self.avgpool(x), 1)  # [N, 1024]
         return self.fc(self.dropout(x))  # [N, 1000]
+
+
+__all__ = ["BVLCGoogLeNet", "Inception"]

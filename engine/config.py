@@ -14,12 +14,8 @@ from pathlib import Path
 
 import tomllib
 
-PRECISIONS = ("fp32", "fp64", "bf16", "fp16")
-STEP_UNITS = ("pixel", "normalized")
-GRAD_NORMS = ("mean_abs", "l2")
-INTERPOLATIONS = ("bilinear", "nearest")
-OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
-SMOOTH_MODES = ("none", "gaussian", "laplacian")  # gradient smoothing (engine/smoothing.py)
+from .vocabulary import GRAD_NORMS, INTERPOLATIONS, OUTPUT_FORMATS, PRECISIONS, SMOOTH_MODES, STEP_UNITS
+
 SMOOTH_SIGMA_MAX = 10.0  # px; --smooth-sigma values lie in [0, SMOOTH_SIGMA_MAX]
 LAP_LEVELS_RANGE = (1, 8)  # --lap-levels: bands of the Laplacian pyramid
 # smoothing fields a mode does not use are left out of the parameter hash, so the hashes of
@@ -29,7 +25,7 @@ _SMOOTH_UNUSED = {"none": ("smooth", "smooth_sigma", "lap_levels"), "gaussian": 
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
-               "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options"}
+               "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options", "reproducible"}
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")  # storage options redacted in reports
 
 
@@ -72,7 +68,8 @@ class DreamConfig:
     backend: str = "eager"
     device: str = "auto"
     onnx: str | None = None
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: auto (on for CUDA, off for CPU, where NCHW is as fast and steadier)
+    reproducible: bool = False  # batch-invariant dreams: batch-1 kernels per image + torch deterministic algorithms
     overwrite: bool = False
     preset: str | None = None
     # fsspec options for URL inputs/outputs (the job file's [storage] table); never hashed, secrets never reported
@@ -194,11 +191,23 @@ def field_names() -> set[str]:
     return {f.name for f in dataclasses.fields(DreamConfig)}
 
 
+def read_toml(path: str | Path) -> dict:
+    """The raw TOML table of ``path``; a missing or invalid file is a ValueError naming it (one line)."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path}: invalid TOML: {str(exc).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path}: cannot read: {exc}") from None
+
+
 def load_toml(path: str | Path) -> dict:
     """Read a job file: top-level keys are DreamConfig fields (dashes allowed); [dream] table also accepted;
     a [storage] table (fsspec options for URL locations) becomes ``storage_options``."""
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
+    data = read_toml(path)
     storage = data.get("storage", data.get("storage_options", data.get("storage-options")))
     data = dict(data.get("dream", {}), **{k: v for k, v in data.items() if not isinstance(v, dict)})
     out = {k.replace("-", "_"): v for k, v in data.items()}
@@ -241,4 +250,6 @@ def _redacted(options: dict) -> dict:
             ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in options.items()}
 
 
-__all__ = ["DreamConfig", "PRESETS", "make_config", "load_toml", "config_to_dict", "field"]
+__all__ = ["DreamConfig", "GRAD_NORMS", "INTERPOLATIONS", "LAP_LEVELS_RANGE", "OUTPUT_FORMATS", "PRECISIONS", "PRESETS",
+           "SMOOTH_MODES", "SMOOTH_SIGMA_MAX", "STEP_UNITS", "config_to_dict", "field", "load_toml", "make_config",
+           "read_toml"]

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
-from .atomic import TMP_SUFFIX, atomic_write  # noqa: F401  (TMP_SUFFIX re-exported)
 from .storage import URL, Storage, is_url, location  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,8 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
 
 
 def _has_alpha(im: Image.Image, mode: str) -> bool:
-    return mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info)
+    """P, and L / RGB with a PNG tRNS colour key, carry their transparency in ``im.info``."""
+    return mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info)
 
 
 def _float_rgb(im: Image.Image, mode: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -14,7 +14,7 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .imageio import IMAGE_EXTENSIONS, TMP_SUFFIX
+from .imageio import IMAGE_EXTENSIONS
 from .storage import URL, Storage, is_url, location
 
 _FORMAT_EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
@@ -155,12 +155,3 @@ def output_path(out_dir: Path | URL, rel: str, output_format: str = "same") -> P
         raise ValueError(f"output path for {rel!r} would leave the output folder")
     return target
 
-
-def clean_stale_temporaries(out_dir: Path) -> int:
-    """Remove temporary files a killed run left behind; returns how many."""
-    n = 0
-    if out_dir.is_dir():
-        for tmp in out_dir.rglob(f"*{TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-            n += 1
-    return n

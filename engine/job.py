@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
+from .atomic import clean_stale_temporaries
 from .config import DreamConfig, config_to_dict
-from .imageio import ImageLoadError, probe_size
-from .inputs import clean_stale_temporaries, discover, output_path
+from .imageio import ImageLoadError, probe_size, read_metadata
+from .inputs import discover, output_path
 from .lease import LeaseHeld, LeaseLock
 from .models import get_spec
 from .octaves import plan_shapes, usable_octaves
@@ -32,10 +33,10 @@ from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
 from .storage import URL, Storage, is_url, location
+from .vocabulary import JOB_FILE_NAME, LOCK_NAME, STATE_DIR
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".dreamfleet"
 PROBE_THREADS = 16  # header probes of object-store inputs in flight at once
 
 
@@ -58,7 +59,7 @@ class OutputLock:
     """flock on OUT/.dreamfleet/lock for the duration of a run."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / STATE_DIR / "lock"
+        self.path = Path(out_dir) / STATE_DIR / LOCK_NAME
         self.fh = None
 
     def __enter__(self) -> "OutputLock":
@@ -91,7 +92,7 @@ def output_lock(out_dir: Path | URL, storage: Storage):
             yield lock
         return
     try:
-        lease = LeaseLock(location(out_dir) / STATE_DIR / "lock", storage).__enter__()
+        lease = LeaseLock(location(out_dir) / STATE_DIR / LOCK_NAME, storage).__enter__()
     except LeaseHeld as exc:
         raise JobLocked(str(exc)) from None
     try:
@@ -100,24 +101,35 @@ def output_lock(out_dir: Path | URL, storage: Storage):
         lease.__exit__(None, None, None)
 
 
+def folder_param_hash(out_dir: Path | URL, storage: Storage | None = None) -> str | None:
+    """The parameter hash the folder was last claimed with (OUT/.dreamfleet/job.json), or None."""
+    path = location(out_dir) / STATE_DIR / JOB_FILE_NAME
+    try:
+        return json.loads((storage or Storage()).read_bytes(path)).get("param_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_job_file(out_dir: Path | URL, cfg: DreamConfig, storage: Storage | None = None) -> None:
     """Refuse to mix results of different parameters in one folder (unless overwrite)."""
-    storage = storage or Storage.for_config(cfg)
-    path = location(out_dir) / STATE_DIR / "job.json"
-    if storage.exists(path) and not cfg.overwrite:
-        try:
-            old = json.loads(storage.read_bytes(path)).get("param_hash")
-        except ValueError:
-            old = None
-        if old and old != cfg.param_hash():
-            raise JobMismatch(f"{out_dir} holds dreams made with other parameters (hash {old}, this job "
-                              f"{cfg.param_hash()}); pass --overwrite to replace them or choose another -o")
+    old = folder_param_hash(out_dir, storage)
+    if old and old != cfg.param_hash() and not cfg.overwrite:
+        raise JobMismatch(f"{out_dir} holds dreams made with other parameters (hash {old}, this job "
+                          f"{cfg.param_hash()}); pass --overwrite to replace them or choose another -o")
+
+
+def write_job_file(out_dir: Path | URL, cfg: DreamConfig, storage: Storage | None = None) -> None:
+    """Claim the folder for this job's parameters (after planning accepted it)."""
     body = json.dumps({"param_hash": cfg.param_hash(), "params": cfg.hashed_params()}, indent=2, default=list)
-    if is_url(path):
-        storage.write_bytes(path, body)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body)
+    (storage or Storage()).write_bytes(location(out_dir) / STATE_DIR / JOB_FILE_NAME, body, fsync=False)
+
+
+def output_param_hash(path: Path | URL, storage: Storage | None = None) -> str | None:
+    """The parameter hash embedded in an existing output, or None (no metadata, unreadable)."""
+    try:
+        return (read_metadata(path, storage) or {}).get("param_hash")
+    except Exception:  # a foreign or damaged file: not ours
+        return None
 
 
 def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: Storage | None = None) -> JobPlan:
@@ -127,21 +139,31 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
     items, problems = discover(inputs, out_dir, storage)
     plan = JobPlan(records=[ImageRecord(src, src, "failed", reason=why) for src, why in problems])
     existing = {str(u) for u in storage.find(out_dir)} if is_url(out_dir) else None  # one listing, not a HEAD each
-    outcomes: list = []  # per item, in order: a record now, or (item, out) to probe
+    # an existing output counts as done only if it embeds this job's hash; a folder claimed by this job
+    # (a resumed --overwrite) redoes older outputs, an unclaimed one refuses them
+    ours, claimed = cfg.param_hash(), folder_param_hash(out_dir, storage) == cfg.param_hash()
+    outcomes: list = []  # per item, in order: a record now, or (item, out, exists) to probe
     for item in items:
         try:
             out = output_path(out_dir, item.rel, cfg.output_format)
         except ValueError as exc:
             outcomes.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
             continue
-        if (str(out) in existing if existing is not None else out.exists()) and not cfg.overwrite:
-            outcomes.append(ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists"))
-            continue
-        outcomes.append((item, out))
+        exists = (str(out) in existing if existing is not None else out.exists()) and not cfg.overwrite
+        outcomes.append((item, out, exists))
     to_probe = [o for o in outcomes if isinstance(o, tuple)]
 
     def probe(job):
-        item, out = job
+        """-> a skipped/failed record, a WorkItem, or the description of a foreign output (str)."""
+        item, out, exists = job
+        if exists:
+            made_with = output_param_hash(out, storage)
+            if made_with == ours or (made_with is None and claimed):  # None: BMP keeps no metadata
+                return ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists")
+            if not claimed:
+                return f"{item.rel} (hash {made_with})"
+            log.info("%s was made with other parameters (hash %s) before this job's --overwrite; redoing it",
+                     item.rel, made_with)
         try:
             w, h = probe_size(item.path, cfg.max_pixels, storage)
             hw = working_size(w, h, cfg)
@@ -150,15 +172,22 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
             return ImageRecord(str(item.path), item.rel, "failed", reason=str(exc))
         return WorkItem(str(item.path), item.rel, str(out), hw)
 
-    if any(isinstance(item.path, URL) for item, _ in to_probe):  # latency-bound: probe in parallel, keep order
-        with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
+    if existing is not None or any(isinstance(item.path, URL) for item, _, _ in to_probe):
+        with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:  # latency-bound: in parallel, keep order
             results = list(pool.map(probe, to_probe))
     else:
         results = map(probe, to_probe)
-    results = iter(results)
+    results, foreign = iter(results), []
     for outcome in outcomes:
         res = next(results) if isinstance(outcome, tuple) else outcome
-        (plan.todo if isinstance(res, WorkItem) else plan.records).append(res)
+        if isinstance(res, str):
+            foreign.append(res)
+        else:
+            (plan.todo if isinstance(res, WorkItem) else plan.records).append(res)
+    if foreign:
+        raise JobMismatch(f"{out_dir} holds {len(foreign)} output(s) made with other parameters or not by "
+                          f"dreamfleet (e.g. {foreign[0]}; this job {ours}); pass --overwrite to replace them "
+                          "or choose another -o")
     plan.todo.sort(key=lambda i: (i.hw, i.rel))
     plan.shapes = plan_shapes([i.hw for i in plan.todo], cfg.batch_size, cfg.octaves, cfg.octave_scale, spec.min_size)
     return plan
@@ -184,6 +213,7 @@ def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, comma
         report.extra["stale_temporaries_removed"] = stale
         check_job_file(out_dir, cfg, storage)
         plan = plan_job(cfg, inputs, out_dir, storage)
+        write_job_file(out_dir, cfg, storage)
         for rec in plan.records:
             report.add(rec)
         log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),

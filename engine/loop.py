@@ -21,6 +21,7 @@ from .config import DreamConfig
 from .jitter import JitterSchedule, draw_shifts, image_rng, roll_batched, roll_indexed
 from .models import ModelSpec
 from .octaves import build_pyramid, resize_to, usable_octaves
+from .reproducible import deterministic_torch, per_image
 from .smoothing import smooth_gradient
 from .space import ImageSpace
 
@@ -46,11 +47,22 @@ def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space
     ``rngs``: the dream's ``JitterSchedule``, or one numpy generator per image (draws this step);
     ``it``: the iteration within the octave (drives the smoothing schedule).
     """
-    rolls = _roll_pair(rngs, cfg, z)
-    _, grad = backend.step(z if rolls is None else rolls[0](z))  # grad: [N,3,H,W], in the rolled frame
-    if rolls is not None:
-        grad = rolls[1](grad)
-    # gradient smoothing (issue 13): per image, identity for smooth="none"
+    with deterministic_torch(cfg.reproducible):
+        rolls = _roll_pair(rngs, cfg, z)
+        x = z if rolls is None else rolls[0](z)  # rolls are gathers: per element, batch-independent
+        if cfg.reproducible:  # every op that mixes values within an image runs on that image alone
+            grad = per_image(lambda xi: backend.step(xi)[1], x)
+        else:
+            _, grad = backend.step(x)  # grad: [N,3,H,W], in the rolled frame
+        if rolls is not None:
+            grad = rolls[1](grad)
+        if cfg.reproducible:
+            return per_image(lambda zi, gi: _update(zi, gi, cfg, space, it), z, grad)
+        return _update(z, grad, cfg, space, it)
+
+
+def _update(z: torch.Tensor, grad: torch.Tensor, cfg: DreamConfig, space: ImageSpace, it: int) -> torch.Tensor:
+    """Smoothing (issue 13; identity for smooth="none") and the per-image normalized update; [N,3,H,W]."""
     grad = smooth_gradient(grad, cfg.smooth, cfg.sigma_range(), cfg.lap_levels, it, cfg.iterations, space.unit)
     return space.update(z, grad, cfg.step, cfg.grad_norm)
 

@@ -18,8 +18,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
+    """One registry entry; built with keyword arguments only."""
+
     name: str
     builder: Callable[[], nn.Module]
     default_layer: str
@@ -58,31 +60,36 @@ _GOOGLENET_LAYERS = tuple(f"inception{b}" for b in ("3a", "3b", "4a", "4b", "4c"
 
 _SPECS = (
     ModelSpec(
-        "bvlc_googlenet", _bvlc, "inception4c", _GOOGLENET_LAYERS, 32, "fx", vendored="bvlc_googlenet.safetensors",
+        name="bvlc_googlenet", builder=_bvlc, default_layer="inception4c", dream_layers=_GOOGLENET_LAYERS, min_size=32,
+        truncation="fx", vendored="bvlc_googlenet.safetensors",
         vendored_sha256="8e1ff6c23aca4a8afde137d85f07aa3c6e37ae5678e931b83585448a04fe6e22",
         description="original BVLC GoogLeNet (Caffe zoo), the 2015 DeepDream network; weights vendored",
     ),
     ModelSpec(
-        "googlenet", _tv("googlenet", aux_logits=False, transform_input=True, init_weights=False), "inception4c",
-        _GOOGLENET_LAYERS, 16, "fx", tv_weights="GoogLeNet_Weights.IMAGENET1K_V1",
-        description="torchvision GoogLeNet (3x3 in place of 5x5 branches)",
+        name="googlenet", builder=_tv("googlenet", aux_logits=False, transform_input=True, init_weights=False),
+        default_layer="inception4c", dream_layers=_GOOGLENET_LAYERS, min_size=16, truncation="fx",
+        tv_weights="GoogLeNet_Weights.IMAGENET1K_V1", description="torchvision GoogLeNet (3x3 in place of 5x5 branches)",
     ),
     ModelSpec(
-        "vgg16", _tv("vgg16"), "features.30", ("features.15", "features.22", "features.23", "features.29", "features.30"),
-        32, "slice", tv_weights="VGG16_Weights.IMAGENET1K_V1", description="VGG16, the seed article's model",
+        name="vgg16", builder=_tv("vgg16"), default_layer="features.30",
+        dream_layers=("features.15", "features.22", "features.23", "features.29", "features.30"), min_size=32,
+        truncation="slice", tv_weights="VGG16_Weights.IMAGENET1K_V1", description="VGG16, the seed article's model",
     ),
     ModelSpec(
-        "vgg19", _tv("vgg19"), "features.36", ("features.17", "features.26", "features.27", "features.35", "features.36"),
-        32, "slice", tv_weights="VGG19_Weights.IMAGENET1K_V1", description="VGG19",
+        name="vgg19", builder=_tv("vgg19"), default_layer="features.36",
+        dream_layers=("features.17", "features.26", "features.27", "features.35", "features.36"), min_size=32,
+        truncation="slice", tv_weights="VGG19_Weights.IMAGENET1K_V1", description="VGG19",
     ),
     ModelSpec(
-        "inception_v3", _tv("inception_v3", aux_logits=False, transform_input=True, init_weights=False), "Mixed_5d",
-        ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a",
-         "Mixed_7b", "Mixed_7c"),
-        75, "fx", tv_weights="Inception_V3_Weights.IMAGENET1K_V1", description="Inception v3",
+        name="inception_v3", builder=_tv("inception_v3", aux_logits=False, transform_input=True, init_weights=False),
+        default_layer="Mixed_5d",
+        dream_layers=("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+                      "Mixed_7a", "Mixed_7b", "Mixed_7c"),
+        min_size=75, truncation="fx", tv_weights="Inception_V3_Weights.IMAGENET1K_V1", description="Inception v3",
     ),
     ModelSpec(
-        "resnet50", _tv("resnet50"), "layer3", ("layer2", "layer3", "layer3.2", "layer3.5", "layer4"), 32, "fx",
+        name="resnet50", builder=_tv("resnet50"), default_layer="layer3",
+        dream_layers=("layer2", "layer3", "layer3.2", "layer3.5", "layer4"), min_size=32, truncation="fx",
         tv_weights="ResNet50_Weights.IMAGENET1K_V1", description="ResNet-50",
     ),
 )
@@ -99,3 +106,6 @@ def get_spec(name: str) -> ModelSpec:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(REGISTRY)}") from None
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "REGISTRY", "ModelSpec", "get_spec", "list_models"]

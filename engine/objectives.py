@@ -18,11 +18,12 @@ Several layers with weights (``inception4c:1.0,inception4d:0.5``) sum weighted t
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
-OBJECTIVE_KINDS = ("l2", "norm", "channel", "guide", "guide-distance")
-GUIDED_KINDS = ("guide", "guide-distance")
+from .vocabulary import GUIDED_KINDS, OBJECTIVE_KINDS
 
 
 class LayerObjective(nn.Module):
@@ -152,23 +153,25 @@ def parse_layers(spec: str) -> list[tuple[str, float]]:
     return out
 
 
+# objective kind (--objective) -> the term it puts on each layer; the one registry of kinds
+TERMS: dict[str, Callable[[str, tuple[int, ...]], nn.Module]] = {
+    "l2": lambda layer, channels: MeanSquare(layer),
+    "norm": lambda layer, channels: Norm(layer),
+    "channel": lambda layer, channels: Channel(layer, channels),
+    "guide": lambda layer, channels: GuideDot(layer),
+    "guide-distance": lambda layer, channels: GuideDistance(layer),
+}
+assert tuple(TERMS) == OBJECTIVE_KINDS
+
+
 def build_objective(kind: str, layers: list[tuple[str, float]], channels: tuple[int, ...] = ()) -> Weighted:
     """Make the composite objective for ``--objective KIND`` over weighted layers."""
-    if kind not in OBJECTIVE_KINDS:
+    if kind not in TERMS:
         raise ValueError(f"unknown objective {kind!r}; valid: {', '.join(OBJECTIVE_KINDS)}")
     if kind in GUIDED_KINDS and len(layers) != 1:
         raise ValueError(f"objective {kind!r} takes exactly one layer, got {[n for n, _ in layers]}")
-    terms: list[tuple[float, nn.Module]] = []
-    for name, w in layers:
-        if kind == "l2":
-            term: nn.Module = MeanSquare(name)
-        elif kind == "norm":
-            term = Norm(name)
-        elif kind == "channel":
-            term = Channel(name, channels)
-        elif kind == "guide":
-            term = GuideDot(name)
-        else:
-            term = GuideDistance(name)
-        terms.append((w, term))
-    return Weighted(terms)
+    return Weighted([(w, TERMS[kind](name, tuple(channels))) for name, w in layers])
+
+
+__all__ = ["GUIDED_KINDS", "OBJECTIVE_KINDS", "TERMS", "Channel", "GuideDistance", "GuideDot", "LayerObjective",
+           "MeanSquare", "Norm", "Weighted", "build_objective", "parse_layers"]

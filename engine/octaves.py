@@ -71,3 +71,6 @@ def plan_shapes(image_sizes: list[tuple[int, int]], batch_size: int, octaves: in
             for oh, ow in octave_sizes(h, w, n_oct, scale):
                 shapes.add((n, oh, ow))
     return sorted(shapes)
+
+
+__all__ = ["batch_sizes", "build_pyramid", "octave_sizes", "plan_shapes", "resize_to", "usable_octaves"]

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .storage import Storage, is_url, location
-
-REPORT_NAME = "dreamfleet-report.json"
-STATUSES = ("done", "skipped", "failed")
+from .storage import Storage, location
+from .vocabulary import REPORT_NAME, STATUSES
 
 
 @dataclass
@@ -83,16 +81,13 @@ class RunReport:
 
     def write(self, path: Path | None = None) -> Path:
         path = location(path or self.out_dir / REPORT_NAME)
-        if is_url(path):  # one PUT
-            self.storage.write_bytes(path, json.dumps(self.to_dict(), indent=2, default=str))
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        os.replace(tmp, path)
+        self.storage.write_bytes(path, json.dumps(self.to_dict(), indent=2, default=str), fsync=False)  # local: atomic
         return path
 
     def summary(self) -> str:
         t = self.totals()
         return (f"{t['done']} dreamed, {t['skipped']} skipped, {t['failed']} failed in {t['wall_seconds']:.1f}s: "
                 f"{t['images_per_s'] or 0:.3f} images/s overall, {t['images_per_s_steady'] or 0:.3f} images/s steady")
+
+
+__all__ = ["REPORT_NAME", "STATUSES", "ImageRecord", "RunReport", "environment"]

@@ -27,7 +27,7 @@ import torch
 
 from .backends.base import Backend
 from .backends.eager import loop_dtype, resolve_device
-from .build import DreamModel, build_dream_model
+from .build import DreamModel, build_dream_model_for
 from .config import DreamConfig
 from .imageio import ImageLoadError, WorkingImage, encode_image, load_image, load_working_image
 from .loop import dream_tensor
@@ -85,8 +85,7 @@ class DreamRunner:
         self.storage = Storage.for_config(cfg)  # inputs/outputs may be object-store URLs: read/written here
         self.device = resolve_device(cfg.device)
         guide = self._load_guide() if cfg.guide else None
-        self.dm = build_dream_model(cfg.model, cfg.layer, cfg.objective, cfg.channels, cfg.weights,
-                                    cfg.random_weights, guide)
+        self.dm = build_dream_model_for(cfg, guide)
         self.backend = backend_factory(self.dm, cfg, self.device)
         self.dtype = loop_dtype(cfg.precision)
         self.batch_limit: dict[tuple[int, int], int] = {}
@@ -102,6 +101,8 @@ class DreamRunner:
         return space.to_model(x)
 
     def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
+        if self.cfg.reproducible:  # every step runs one image at a time (engine/reproducible.py)
+            shapes = sorted({(1, h, w) for _, h, w in shapes})
         self.backend.prepare(shapes)
 
     def close(self) -> None:

@@ -68,3 +68,6 @@ def objective_and_grad(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         obj = fn(leaf)  # [N]
         (grad,) = torch.autograd.grad(obj.sum(), leaf)
     return obj.detach().to(x.dtype), grad.to(x.dtype)
+
+
+__all__ = ["DreamObjective", "objective_and_grad"]

@@ -97,3 +97,6 @@ def layer_shapes(spec: ModelSpec, model: nn.Module, size: int = 224) -> list[tup
         if n in feats:
             out.append((n, tuple(feats[n].shape[1:])))
     return out
+
+
+__all__ = ["SlicedFeatures", "check_layers", "layer_shapes", "truncate", "valid_layers"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import file_digest
 from .models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,9 @@ def _check_sha256(path: Path, expected: str | None) -> None:
     """Refuse a vendored file that is not the one the registry names (a Git LFS pointer, a bad copy)."""
     if expected is None or not path.is_file():
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != expected:
-        raise WeightsUnavailable(f"{path} has sha256 {h.hexdigest()}, expected {expected}: the vendored weights "
+    digest = file_digest(path, "sha256")
+    if digest != expected:
+        raise WeightsUnavailable(f"{path} has sha256 {digest}, expected {expected}: the vendored weights "
                                  "file is damaged; restore it from git (git checkout -- engine/weights)")
 
 
@@ -107,3 +105,6 @@ def state_hash(module: nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
     return h.hexdigest()
+
+
+__all__ = ["WeightsUnavailable", "load_weights", "read_state_dict", "state_hash"]

@@ -77,3 +77,6 @@ def handle(args) -> int:
     print(f"wrote {report['path']}: {report['nodes']} nodes, ops {', '.join(report['op_types'])}")
     print("metadata: " + json.dumps({k: v for k, v in report["metadata"].items() if k != "weights_source"}))
     return 0
+
+
+__all__ = ["add_parser", "handle"]

@@ -184,3 +184,7 @@ def decomposition_table() -> dict:
         aten.slice_backward.default: slice_backward,
     })
     return table
+
+
+__all__ = ["avg_pool2d_backward", "avg_pool3d_backward", "convolution_backward", "decomposition_table",
+           "max_pool2d_backward_first_max", "select_backward", "slice_backward"]

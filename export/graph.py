@@ -220,3 +220,6 @@ def _name_dims(proto) -> None:
     del proto.graph.value_info[:]
     for n in proto.graph.node:  # the translator's per-node provenance bloats the file
         del n.metadata_props[:]
+
+
+__all__ = ["GradientOfObjective", "INPUT_NAME", "OUTPUT_NAMES", "to_onnx", "trace_gradient"]

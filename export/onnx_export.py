@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfleet.engine.atomic import atomic_write
 from dreamfleet.engine.build import DreamModel
 from dreamfleet.engine.objectives import GUIDED_KINDS
 from dreamfleet.engine.step import objective_and_grad
@@ -104,19 +105,18 @@ def export_gradient_onnx(dm: DreamModel, path: str | Path, precision: str = "fp3
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    onnx.save(proto, str(tmp))
     report = {"path": str(path), "seconds": round(time.perf_counter() - t0, 1), "nodes": len(proto.graph.node),
               "op_types": sorted({n.op_type for n in proto.graph.node}), "metadata": meta}
-    if check:
+
+    def check_parity(tmp: Path) -> None:
         # ONNX Runtime CPU has no bf16 convolutions: a bf16 graph is checked as traced (torch runs it)
         report["parity"] = fx_parity or [parity(tmp, dm, shape, precision) for shape in shapes]
         failed = [p for p in report["parity"] if not p["ok"]]
         if failed:
-            tmp.unlink(missing_ok=True)
             raise ParityError(f"exported gradient differs from PyTorch autograd: {failed}")
-    os.replace(tmp, path)
+
+    # the file appears under its name only once it passed the parity check
+    atomic_write(path, lambda fh: onnx.save(proto, fh), verify=check_parity if check else None)
     log.info("wrote %s (%d nodes) in %.1fs", path, len(proto.graph.node), time.perf_counter() - t0)
     return report
 
@@ -181,3 +181,8 @@ def cached_export(dm: DreamModel, precision: str = "fp32", opset: int = 18) -> P
     log.info("exporting the gradient graph to %s (first use)", path)
     export_gradient_onnx(dm, path, precision=precision, opset=opset, check=True)
     return path
+
+
+__all__ = ["EXPORT_PRECISIONS", "FORMAT_VERSION", "HALF_TOLERANCE", "MATCH_KEYS", "PARITY_COSINE", "PARITY_REL_L2",
+           "ParityError", "cache_dir", "cache_key", "cached_export", "check_metadata", "compare", "expected_metadata",
+           "export_gradient_onnx", "parity", "read_metadata"]

@@ -96,3 +96,6 @@ def assert_trt_compatible(model) -> None:
     problems = trt_problems(model)
     if problems:
         raise ValueError("graph is outside TensorRT 10's ONNX support:\n  " + "\n  ".join(problems))
+
+
+__all__ = ["ALLOW_LIST", "assert_trt_compatible", "load_allow_list", "trt_problems"]

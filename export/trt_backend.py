@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
+from dreamfleet.engine.atomic import atomic_write, file_digest
 from dreamfleet.engine.backends.base import Backend
 
 from .graph import INPUT_NAME, OUTPUT_NAMES
@@ -72,11 +72,7 @@ def profile_shapes(shapes: list[tuple[int, int, int]]) -> list[tuple[tuple[int, 
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def engine_cache_key(onnx_sha: str, shapes: list[tuple[int, int, int]], precision: str, trt_version: str,
@@ -162,10 +158,7 @@ class TensorRTBackend(Backend):
             log.info("loaded cached TensorRT engine %s", path)
         else:
             blob = build_engine(self.onnx_path, shapes)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(blob)
-            os.replace(tmp, path)
+            atomic_write(path, blob)
             log.info("built TensorRT engine with %d profiles -> %s", len(profiles), path)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(blob)

@@ -80,3 +80,10 @@ def test_pipeline_bench_smoke_row(tmp_path):
     assert 0 < row["efficiency"] and row["decode_psnr"]["min_db"] > 30
     assert {"decode", "resize", "loop", "encode", "write"} <= set(row["host_ms_per_image"])
     assert "SIMULATED" in format_row(row) and (tmp_path / "p.jsonl").read_text().count("\n") == 1
+
+
+def test_bench_defaults_work_outside_a_checkout():
+    from dreamfleet.benchmarks.run import RESULTS_DIR, SAMPLES, sample_dirs
+
+    assert not RESULTS_DIR.is_absolute()  # results land under the current directory, not in the package
+    assert any((d / s).is_file() for d in sample_dirs() for s in SAMPLES)

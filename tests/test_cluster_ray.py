@@ -17,7 +17,7 @@ from ray_fixtures import make_images, tiny_config
 from dreamfleet.backends import create_backend
 from dreamfleet.cluster import testing
 from dreamfleet.cluster.driver import ClusterOptions, run_cluster_job
-from dreamfleet.engine.imageio import TMP_SUFFIX
+from dreamfleet.engine.atomic import TMP_SUFFIX
 
 pytestmark = pytest.mark.ray
 ray_cluster = ray_fixtures.ray_cluster  # the session's two-node cluster

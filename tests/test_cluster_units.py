@@ -158,3 +158,103 @@ def test_shard_function_runs_in_process_and_poison_is_caught(tmp_path):
     assert result.shard_id == 7 and result.seconds > 0
     assert status == {"img00.png": "done", "img01.png": "done", "img02.png": "failed", "img03.png": "done"}
     assert "poison image" in [r for r in result.records if r.status == "failed"][0].reason
+
+
+class _FakeRay:
+    """Just enough of the ray module for a pool whose only node has died."""
+
+    def __init__(self, nodes):
+        self._nodes = nodes
+
+    def remote(self, cls):
+        fake = self
+
+        class Method:
+            @staticmethod
+            def remote(*a):
+                return object()
+
+        class Handle:  # actor.info.remote(), actor.process.remote(...)
+            info = process = Method
+
+        class Cls:
+            @staticmethod
+            def options(**kw):
+                return Cls
+
+            @staticmethod
+            def remote(*a):
+                return Handle()
+
+        fake.handle = Handle
+        return Cls
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return [], refs
+
+    def nodes(self):
+        return self._nodes
+
+    def kill(self, actor, no_restart=True):
+        pass
+
+
+def test_pool_fails_fast_when_no_node_is_alive(monkeypatch):
+    import sys
+
+    from dreamfleet.cluster import pool as pool_mod
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay([{"Alive": False}]))
+    monkeypatch.setattr(pool_mod, "NODE_CHECK_SECONDS", 0.0)
+    pool = pool_mod.WorkerPool(tiny_config(), None, pool_mod.PoolOptions(workers=1), [(1, 64, 64)])
+    with pytest.raises(pool_mod.NoLiveNode, match="no Ray node is alive.*rerun the same command to resume"):
+        pool.run([[_item(0, (64, 64))]], on_record=lambda r: None)
+
+
+def test_local_ray_starts_without_dashboard_unless_asked(monkeypatch):
+    import sys
+    import types
+
+    from dreamfleet.cluster.driver import connect
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    connect(None)
+    connect(None, dashboard=True)
+    assert [c["include_dashboard"] for c in calls] == [False, True]
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert parser.parse_args(["run", "x", "-o", "y", "--dashboard"]).dashboard is True
+
+
+def test_run_without_ray_says_install_the_extra_before_anything(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dreamfleet.cli import main
+
+    make_images(tmp_path / "in", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "in"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'dreamfleet[cluster]'" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_retry_policy_splits_then_retries_alone_then_quarantines():
+    from dreamfleet.cluster.retry import RetryPolicy
+
+    policy = RetryPolicy(retries=2)
+    items = [_item(i, (32, 32)) for i in range(5)]
+    halves = policy.split(items)  # a failed shard: everyone charged once, halves requeued
+    assert [len(h) for h in halves] == [2, 3] and sum(halves, []) == items
+    assert policy.failures == {i.rel: 1 for i in items}
+    first = policy.charge("0.png")  # alone now: failure 2 of 3 allowed attempts
+    second = policy.charge("0.png")
+    assert (first.retry, first.failures) == (True, 2) and (second.retry, second.failures) == (False, 3)
+    assert policy.attempts("1.png", succeeded=True) == 2 and policy.attempts("9.png", succeeded=True) == 1
+    assert RetryPolicy(0).charge("x").retry is False
+    with pytest.raises(ValueError, match="retries"):
+        RetryPolicy(-1)

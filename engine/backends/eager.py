@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ..step import DreamObjective, objective_and_grad
+from ..vocabulary import CPU_PRECISIONS, PRECISIONS
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def loop_dtype(precision: str) -> torch.dtype:
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    valid = ("fp32", "fp64", "bf16", "fp16") if device.type == "cuda" else ("fp32", "fp64", "bf16")
+    valid = PRECISIONS if device.type == "cuda" else CPU_PRECISIONS
     if precision not in valid:
         raise ValueError(f"precision {precision!r} is not supported on {device.type}; valid: {', '.join(valid)}")
 
@@ -39,11 +40,13 @@ class EagerBackend(Backend):
     name = "eager"
 
     def __init__(self, module: DreamObjective, device: torch.device, precision: str = "fp32",
-                 channels_last: bool = True) -> None:
+                 channels_last: bool | None = None) -> None:
         super().__init__()
         check_precision(precision, device)
         self.device, self.precision = device, precision
         self.dtype = loop_dtype(precision)
+        if channels_last is None:  # auto: a win for cuDNN; on CPU NCHW costs nothing and varies less with the batch
+            channels_last = device.type == "cuda"
         self.channels_last = channels_last and precision != "fp64"
         module = module.to(device=device, dtype=self.dtype)
         if self.channels_last:

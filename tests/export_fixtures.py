@@ -1,4 +1,4 @@
-"""Shared, session-cached exports for the export / onnxruntime / tensorrt tests (no tests here).
+"""Shared, session-cached exports for the export / onnxruntime / tensorrt tests (a helpers module, no tests).
 
 Exports cost 10-30 s each on 2 cores, so every (model, layers, objective) is exported once
 per session into one temporary directory, stashed on the pytest config.

@@ -1,0 +1,42 @@
+"""The shared vocabulary: every closed set of names and every fixed file name, defined once.
+
+Other modules import these instead of re-typing tuples and literals (``config`` validates
+against them, the CLI offers them as choices, reports and the cluster use the file names).
+Adding a precision, backend or objective kind starts here.
+"""
+from __future__ import annotations
+
+# execution
+PRECISIONS = ("fp32", "fp64", "bf16", "fp16")  # every precision a job may ask for
+CPU_PRECISIONS = ("fp32", "fp64", "bf16")  # fp16 only on CUDA
+HALF_PRECISIONS = ("bf16", "fp16")  # computed under autocast / in a half graph
+BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")  # factories: dreamfleet/backends.py
+
+# what is dreamed
+OBJECTIVE_KINDS = ("l2", "norm", "channel", "guide", "guide-distance")  # terms: engine/objectives.py
+GUIDED_KINDS = ("guide", "guide-distance")  # need --guide
+
+# the update and the sizes
+STEP_UNITS = ("pixel", "normalized")
+GRAD_NORMS = ("mean_abs", "l2")
+INTERPOLATIONS = ("bilinear", "nearest")
+OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
+SMOOTH_MODES = ("none", "gaussian", "laplacian")  # gradient smoothing: engine/smoothing.py
+
+# per-image outcomes
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+STATUSES = (DONE, SKIPPED, FAILED)
+FINISHED = (DONE, SKIPPED)  # an output exists for the image
+
+# files in the output folder
+STATE_DIR = ".dreamfleet"  # OUT/.dreamfleet/: lock, job.json, manifest.jsonl
+REPORT_NAME = "dreamfleet-report.json"
+CONTACT_SHEET_NAME = "dreamfleet-contact-sheet.png"
+MANIFEST_NAME = "manifest.jsonl"
+JOB_FILE_NAME = "job.json"
+LOCK_NAME = "lock"
+
+__all__ = ["BACKENDS", "CONTACT_SHEET_NAME", "CPU_PRECISIONS", "DONE", "FAILED", "FINISHED", "GRAD_NORMS",
+           "GUIDED_KINDS", "HALF_PRECISIONS", "INTERPOLATIONS", "JOB_FILE_NAME", "LOCK_NAME", "MANIFEST_NAME",
+           "OBJECTIVE_KINDS", "OUTPUT_FORMATS", "PRECISIONS", "REPORT_NAME", "SKIPPED", "SMOOTH_MODES", "STATE_DIR", "STATUSES",
+           "STEP_UNITS"]
