@@ -24,7 +24,7 @@ def create_backend(dm: DreamModel, cfg: DreamConfig, device: torch.device) -> Ba
     if name == "compile":
         from dreamfleet.engine.backends.compiled import CompiledBackend
 
-        return CompiledBackend(dm.module, device, cfg.precision, cfg.channels_last)
+        return CompiledBackend(dm.module, device, cfg.precision, cfg.channels_last, cfg.compile_mode)
     if name == "onnxruntime":
         from dreamfleet.export.ort_backend import OnnxRuntimeBackend
 

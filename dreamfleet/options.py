@@ -10,6 +10,7 @@ import dataclasses
 
 from dreamfleet.backends import BACKENDS
 from dreamfleet.engine.config import (
+    COMPILE_MODES,
     GRAD_NORMS,
     INTERPOLATIONS,
     OUTPUT_FORMATS,
@@ -77,9 +78,14 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",
         type=int)
     opt("--seed", "seed", "job seed; each image's jitter stream derives from it and the image's path", type=int)
-    opt("--precision", "precision", "fp16 only on CUDA", choices=PRECISIONS)
+    opt("--precision", "precision", "fp16 only on CUDA; auto = bf16 where the device has it natively (CUDA sm80+, "
+        "CPU AVX512-BF16/AMX), else fp32", choices=PRECISIONS)
     opt("--backend", "backend", "gradient backend", choices=BACKENDS)
     opt("--device", "device", "auto, cpu, cuda, cuda:N")
+    opt("--compile-mode", "compile_mode", "--backend compile: torch.compile mode; auto = reduce-overhead (CUDA "
+        "graphs) on CUDA, default on CPU; graphs = explicit whole-step CUDA graph per shape", choices=COMPILE_MODES)
+    g.add_argument("--ort-trt", dest="ort_trt", action="store_true", default=None,
+                   help="--backend onnxruntime on CUDA: use ONNX Runtime's TensorRT execution provider (default: off)")
     opt("--onnx", "onnx", "exported gradient graph for --backend onnxruntime/tensorrt")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
                    help="keep NCHW memory format (default: channels_last)")

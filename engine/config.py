@@ -14,7 +14,8 @@ from pathlib import Path
 
 import tomllib
 
-PRECISIONS = ("fp32", "fp64", "bf16", "fp16")
+PRECISIONS = ("fp32", "fp64", "bf16", "fp16", "auto")  # auto: bf16 where the device has it natively, else fp32
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "graphs")
 STEP_UNITS = ("pixel", "normalized")
 GRAD_NORMS = ("mean_abs", "l2")
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -22,7 +23,7 @@ OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
-               "preset", "cache_dir", "compile_mode", "threads"}
+               "preset", "cache_dir", "compile_mode", "threads", "ort_trt"}
 
 
 @dataclass
@@ -60,6 +61,8 @@ class DreamConfig:
     device: str = "auto"
     onnx: str | None = None
     channels_last: bool = True
+    compile_mode: str = "auto"  # --backend compile: auto = reduce-overhead (CUDA graphs) on CUDA, default on CPU
+    ort_trt: bool = False  # --backend onnxruntime on CUDA: put ONNX Runtime's TensorRT execution provider first
     overwrite: bool = False
     preset: str | None = None
 
@@ -70,6 +73,7 @@ class DreamConfig:
 
             self.layer = get_spec(self.model).default_layer
         _choice("precision", self.precision, PRECISIONS)
+        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
         _choice("step_units", self.step_units, STEP_UNITS)
         _choice("grad_norm", self.grad_norm, GRAD_NORMS)
         _choice("interpolation", self.interpolation, INTERPOLATIONS)

@@ -134,10 +134,10 @@ def _encode(img: Image.Image, fmt: str, meta: str) -> dict:
 
 
 def save_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, metadata: dict) -> None:
-    """Write rgb [H,W,3] in [0,1] (+alpha [h,w], resized to fit) to ``path`` atomically."""
+    """Write rgb [H,W,3] uint8, or float in [0,1] (+alpha [h,w], resized to fit) to ``path`` atomically."""
     path = Path(path)
     fmt = format_for(path)
-    arr = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    arr = rgb if rgb.dtype == np.uint8 else (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
     if alpha is not None and fmt in _KEEPS_ALPHA:
         a = Image.fromarray((np.clip(alpha, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "L")

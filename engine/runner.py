@@ -27,6 +27,7 @@ from .models import get_spec
 from .report import ImageRecord
 from .sizing import to_tensor, working_size
 from .space import ImageSpace
+from .transfer import HostTransfer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class DreamRunner:
                                     cfg.random_weights, guide)
         self.backend = backend_factory(self.dm, cfg, self.device)
         self.dtype = loop_dtype(cfg.precision)
+        self.transfer = HostTransfer(self.device)  # issue 9: pinned uint8 transfers, one sync per batch
         self.batch_limit: dict[tuple[int, int], int] = {}
         self.metadata = {"dreamfleet": "0.1.0", "param_hash": cfg.param_hash(), "params": cfg.hashed_params(),
                          "weights": self.dm.weights_info}
@@ -77,9 +79,9 @@ class DreamRunner:
     def _dream(self, x: torch.Tensor, keys: list[str]) -> list[tuple[torch.Tensor | None, str | None]]:
         """x[N,3,H,W] -> per image (result[3,H,W] or None, failure reason); splits failing batches."""
         try:
-            out = dream_tensor(self.backend, x.to(self.device, self.dtype), self.cfg, self.dm.spec, keys)
-            self.backend.synchronize()
-            return [(o.float().cpu(), None) for o in out]
+            # --- issue 9 (engine/transfer.py): upload, dream, uint8 download; wait() is the batch's one sync
+            out = dream_tensor(self.backend, self.transfer.upload(x).to(self.dtype), self.cfg, self.dm.spec, keys)
+            return [(o, None) for o in self.transfer.download(out).wait(self.backend.synchronize)]
         except Exception as exc:  # a poison image, OOM, a backend error
             reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
         # retried outside the except block: its traceback would keep the failed batch's tensors alive

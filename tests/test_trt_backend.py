@@ -117,6 +117,20 @@ class _FakeTRT:
             def add_optimization_profile(self, profile):
                 fake.calls.setdefault("added", 0)
                 fake.calls["added"] += 1
+                return fake.calls["added"] - 1  # the profile's index (-1: invalid)
+
+            def create_timing_cache(self, blob):
+                fake.calls["timing_in"] = blob
+                return "cache"
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                return True
+
+            def get_timing_cache(self):
+                class Cache:
+                    def serialize(self):
+                        return b"timings"
+                return Cache()
 
             def set_flag(self, flag):  # a strongly typed build must never set FP16/BF16 flags
                 raise AssertionError("precision flags set on a strongly typed network")
@@ -161,3 +175,9 @@ def test_build_engine_is_strongly_typed_with_one_profile_per_shape(monkeypatch, 
     assert fake.calls["added"] == 2  # one profile per (H, W); N from 1 to the largest batch
     assert fake.calls["profiles"] == [("x", (1, 3, 45, 51), (2, 3, 45, 51), (2, 3, 45, 51)),
                                       ("x", (1, 3, 64, 72), (2, 3, 64, 72), (2, 3, 64, 72))]
+    assert "timing_in" not in fake.calls  # no timing cache asked for
+    cache = tmp_path / "timing.cache"
+    trt_backend.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
+    assert fake.calls["timing_in"] == b"" and cache.read_bytes() == b"timings"  # written after the build
+    trt_backend.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
+    assert fake.calls["timing_in"] == b"timings"  # and read back by the next build
