@@ -5,7 +5,8 @@ against a device of a given speed without owning one. ``step`` returns at once w
 zero gradient and advances the virtual clock by ``step_seconds(N, H, W)``, as an
 asynchronous GPU queue would; ``synchronize`` (called by the runner once per batch, before
 results go to the host) sleeps until that clock, releasing the GIL like a real device wait.
-``mode="sync"`` sleeps inside every step instead (a device that blocks the host).
+``mode="sync"`` sleeps inside every step instead (a device that blocks the host). ``host_seconds``
+(optional) is the modelled host cost of issuing a step (driver launches), slept before the step is queued.
 
 Every figure produced with this backend is **simulated**, never a device measurement.
 """
@@ -31,8 +32,10 @@ def per_image_time(seconds_per_image_step: float) -> StepTime:
 class SimulatedDeviceBackend(Backend):
     name = "simulated"
 
-    def __init__(self, step_seconds: StepTime, mode: str = "async", label: str = "simulated") -> None:
+    def __init__(self, step_seconds: StepTime, mode: str = "async", label: str = "simulated",
+                 host_seconds: StepTime | None = None) -> None:
         super().__init__()
+        self.host_seconds = host_seconds  # modelled host cost of issuing one step (kernel launches), slept
         if mode not in ("async", "sync"):
             raise ValueError(f"unknown simulated device mode {mode!r}; valid: async, sync")
         self.step_seconds, self.mode, self.label = step_seconds, mode, label
@@ -47,6 +50,8 @@ class SimulatedDeviceBackend(Backend):
         cost = self.step_seconds(n, h, w)
         self.busy_seconds += cost
         self.steps += 1
+        if self.host_seconds is not None:
+            time.sleep(self.host_seconds(n, h, w))  # the host thread is busy launching
         self.device_clock = max(self.device_clock, time.perf_counter()) + cost
         if self.mode == "sync":
             self.synchronize()

@@ -40,8 +40,8 @@ def import_ort():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError("the onnxruntime backend needs ONNX Runtime: pip install onnxruntime "
-                          "(CPU) or onnxruntime-gpu (CUDA provider)") from exc
+        raise ImportError("the onnxruntime backend needs ONNX Runtime: pip install 'dreamfleet[ort]' (CPU) or, "
+                          "on a GPU machine, make setup-gpu (onnxruntime-gpu; never both)") from exc
     return onnxruntime
 
 
@@ -83,6 +83,8 @@ def providers_for(device: str, use_trt_provider: bool = False, stream_ptr: int |
         return ["CPUExecutionProvider"]
     if dev.type != "cuda":
         raise ValueError(f"onnxruntime backend runs on cpu or cuda, not {device!r}; valid: cpu, cuda")
+    if hasattr(ort, "preload_dlls") and "CUDAExecutionProvider" in available:
+        ort.preload_dlls()  # ORT >= 1.21: CUDA/cuDNN from torch where compatible, else the nvidia wheels
     if "CUDAExecutionProvider" not in available:
         raise RuntimeError(f"ONNX Runtime has no CUDA execution provider here (available: {', '.join(available)}); "
                            f"install onnxruntime-gpu (pip install onnxruntime-gpu) with a matching CUDA, or use --device cpu")

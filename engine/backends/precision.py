@@ -3,7 +3,8 @@
 Under ``torch.autocast`` every convolution re-casts its frozen weight and bias at every forward
 (autocast caches casts only for leaves that require grad, and dream weights are frozen), so a
 half-precision step pays three casts per conv. :func:`cast_features` instead casts the truncated
-network's weights once, up front, and runs it natively in the half dtype, except for the layers
+network's weights once, up front (eval-mode BatchNorms folded into their convolutions first),
+and runs it natively in the half dtype, except for the layers
 that are numerically sensitive (``FP32_LAYERS``: LocalResponseNorm computes ``k + alpha*avg(x^2)``
 near 1, where bf16's 8 mantissa bits erase the normalization and fp16 overflows at ``x^2``;
 norms keep fp32 statistics), which run in fp32 islands. The objective reduction and the ascent
@@ -62,6 +63,31 @@ class Fp32Island(nn.Module):
         return self.inner(x.float()).to(x.dtype)
 
 
+def fold_batchnorms(features: nn.Module) -> int:
+    """Fold eval-mode ``bn`` into its sibling ``conv`` (the Conv-BN-ReLU block of GoogLeNet/Inception).
+
+    w' = w * g / sqrt(var + eps), b' = (b - mean) * g / sqrt(var + eps) + beta; the BN becomes an
+    Identity: two kernels (forward and backward) and their traffic less per block. Returns the count.
+    """
+    folded = 0
+    for mod in list(features.modules()):
+        conv, bn = getattr(mod, "conv", None), getattr(mod, "bn", None)
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)) or bn.training:
+            continue
+        if bn.running_mean is None or bn.running_var is None:
+            continue
+        with torch.no_grad():
+            gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+            beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_var)
+            scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # [C_out]
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + beta, requires_grad=False)
+        mod.bn = nn.Identity()
+        folded += 1
+    return folded
+
+
 class CastFeatures(nn.Module):
     """The truncated network with weights cast once to ``dtype``; returns fp32 activations.
 
@@ -72,7 +98,9 @@ class CastFeatures(nn.Module):
         super().__init__()
         self.dtype = dtype
         # the caller's module stays untouched; deepcopy of an FX feature extractor comes back in train mode
-        self.features = copy.deepcopy(features).to(dtype).train(features.training)
+        self.features = copy.deepcopy(features).train(features.training)
+        fold_batchnorms(self.features)  # in fp32, before the cast
+        self.features = self.features.to(dtype)
         for name, mod in list(self.features.named_modules()):
             if name and isinstance(mod, FP32_LAYERS):
                 parent_name, _, child = name.rpartition(".")
