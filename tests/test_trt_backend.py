@@ -85,6 +85,28 @@ def test_engine_matches_torch(precision, tmp_path, monkeypatch):
     assert list((tmp_path / "trt").glob("*.engine"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT 10 and CUDA")
+def test_a_new_bucket_builds_only_its_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMFLEET_CACHE", str(tmp_path))
+    dm = build_dream_model("bvlc_googlenet", "inception3a")
+    cfg = make_config(overrides=dict(model="bvlc_googlenet", layer="inception3a", backend="tensorrt", device="cuda"))
+    be = TensorRTBackend.from_config(dm, cfg, torch.device("cuda"))
+    be.prepare([(2, 64, 64), (2, 45, 45)])
+    engines = set((tmp_path / "trt").glob("*.engine"))
+    assert len(engines) == 2 and len(be.engines) == 2  # one engine (and context) per size
+    assert be.stream.cuda_stream != 0  # never the legacy default stream
+    assert list((tmp_path / "trt").glob("timing-*.cache"))
+    be2 = TensorRTBackend.from_config(dm, cfg, torch.device("cuda"))
+    be2.prepare([(2, 64, 64), (2, 45, 45), (2, 80, 80)])
+    new = set((tmp_path / "trt").glob("*.engine")) - engines
+    assert len(new) == 1 and "80x80" in next(iter(new)).name
+    x = torch.randn(2, 3, 80, 80, device="cuda")
+    _, g = be2.step(x)
+    be2.synchronize()
+    assert torch.isfinite(g).all()
+
+
 class _FakeTRT:
     """Just enough of TensorRT 10's Python API to record what build_engine asks for."""
 
