@@ -202,6 +202,18 @@ def test_trt_engine_io_is_validated():
         check_io(Engine(dict(good, grad=("out", "f16"))), T)
 
 
+def test_gpu_check_refuses_without_cuda_and_compares_rows(monkeypatch, capsys):
+    from dreamfleet.benchmarks import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main() == 2 and "needs a CUDA device" in capsys.readouterr().err
+    assert gpu_check.simulated_key("NVIDIA H100 80GB HBM3") == "h100" and gpu_check.slug("NVIDIA L4") == "nvidia-l4"
+    measured = [dict(status="ok", model="vgg16", backend="compile", precision="bf16", batch_size=32, images_per_s=61.0)]
+    simulated = [dict(model="vgg16", setting="fused", precision="bf16", predicted_images_per_s=38.6,
+                      device_bound_images_per_s=80.9)]
+    assert "| vgg16 | compile | bf16 | 32 | 61.0 | fused bf16 | 38.6 (80.9) |" in gpu_check.compare_table(measured, simulated)
+
+
 # ---- CUDA-only paths: run by `make gpu-check` on a machine with a GPU ----
 
 @pytest.mark.gpu
