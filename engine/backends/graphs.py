@@ -49,7 +49,7 @@ class GraphedSteps:
             graph = torch.cuda.CUDAGraph()
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, stream=side):  # warm-up and capture on one stream
                 static_obj, static_grad = self.step(static_x)
         self.graphs[key] = (graph, static_x, static_obj, static_grad)
         log.info("captured CUDA graph for %s", key)
