@@ -22,6 +22,10 @@ def _backends(text: str) -> tuple[str, ...]:
     return names
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .profiles import PROFILES
 
@@ -37,6 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per case; the median is reported")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per case")
     p.add_argument("--no-chart", dest="chart", action="store_false", help="skip chart.png")
+    p.add_argument("--simulate", default=None, metavar="DEVICE", choices=("h100", "h200", "a100", "l4"),
+                   help="run the standard job's real host path against a roofline-simulated GPU (h100, h200, a100, "
+                        "l4; datasheet peaks); rows labelled simulated -> results/simulated_<device>.jsonl")
+    p.add_argument("--sim-models", default="bvlc_googlenet,vgg16", metavar="A,B", help="--simulate: models")
+    p.add_argument("--sim-settings", default="eager,graphs,fused", metavar="A,B",
+                   help="--simulate: eager, graphs (CUDA graphs), fused (graphs + fusion, modelled)")
+    p.add_argument("--sim-batch", type=int, default=32, help="--simulate: batch size (default: 32)")
+    p.add_argument("--sim-images", type=int, default=64, help="--simulate: images in the job (default: 64)")
+    p.add_argument("--sim-precision", default="bf16", choices=("bf16", "fp32"), help="--simulate: precision (bf16)")
     p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
     g = p.add_argument_group("pipeline (host pipeline vs a SIMULATED device)")
     g.add_argument("--pipeline", action="store_true", help="run the host-pipeline benchmark instead of the matrix")
@@ -58,6 +71,15 @@ def handle(args: argparse.Namespace) -> int:
     out = args.out or RESULTS_DIR
     for noisy in ("onnx_ir", "onnxscript", "torch._dynamo", "torch._inductor"):  # per-pass INFO lines drown the run
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.simulate:
+        from pathlib import Path
+
+        from .simulate import run_simulation, table
+
+        rows = run_simulation(args.simulate, _names(args.sim_models), _names(args.sim_settings), args.sim_batch,
+                              args.sim_images, args.sim_precision, Path(out))
+        print(table(rows))
+        return 0
     if args.pipeline:
         from .pipeline_bench import format_row, run_pipeline_bench
 

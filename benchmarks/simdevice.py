@@ -8,6 +8,8 @@ the runner waits on, once per batch) until the clock as it was when the fence wa
 releasing the GIL like a real device wait. ``idle_seconds`` sums the gaps in which the
 device had nothing queued (the host was late).
 ``mode="sync"`` sleeps inside every step instead (a device that blocks the host).
+``host_seconds`` (optional) is the modelled host cost of issuing a step (driver launches), slept
+before the step is queued.
 
 Every figure produced with this backend is **simulated**, never a device measurement.
 """
@@ -33,11 +35,14 @@ def per_image_time(seconds_per_image_step: float) -> StepTime:
 class SimulatedDeviceBackend(Backend):
     name = "simulated"
 
-    def __init__(self, step_seconds: StepTime, mode: str = "async", label: str = "simulated") -> None:
+    def __init__(self, step_seconds: StepTime, mode: str = "async", label: str = "simulated",
+                 host_seconds: StepTime | None = None) -> None:
         super().__init__()
+        self.host_seconds = host_seconds  # modelled host cost of issuing one step (kernel launches), slept
         if mode not in ("async", "sync"):
             raise ValueError(f"unknown simulated device mode {mode!r}; valid: async, sync")
         self.step_seconds, self.mode, self.label = step_seconds, mode, label
+        self.host_seconds = host_seconds  # modelled host cost of issuing one step (kernel launches), slept
         self.device_clock = 0.0  # perf_counter time at which the virtual device goes idle
         self.busy_seconds = 0.0  # total modelled device time
         self.steps = 0
@@ -52,6 +57,8 @@ class SimulatedDeviceBackend(Backend):
         cost = self.step_seconds(n, h, w)
         self.busy_seconds += cost
         self.steps += 1
+        if self.host_seconds is not None:
+            time.sleep(self.host_seconds(n, h, w))  # the host thread is busy launching
         now = time.perf_counter()
         if self.steps > 1 and now > self.device_clock:
             self.idle_seconds += now - self.device_clock

@@ -30,7 +30,7 @@ def _eager(dm: DreamModel, cfg: DreamConfig, device: torch.device) -> Backend:
 def _compile(dm: DreamModel, cfg: DreamConfig, device: torch.device) -> Backend:
     from dreamfleet.engine.backends.compiled import CompiledBackend
 
-    return CompiledBackend(dm.module, device, cfg.precision, cfg.channels_last)
+    return CompiledBackend(dm.module, device, cfg.precision, cfg.channels_last, cfg.compile_mode)
 
 
 def _onnxruntime(dm: DreamModel, cfg: DreamConfig, device: torch.device) -> Backend:

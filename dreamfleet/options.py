@@ -12,6 +12,7 @@ from dreamfleet.engine.config import LAP_LEVELS_RANGE, PRESETS, SMOOTH_SIGMA_MAX
 from dreamfleet.engine.models import list_models
 from dreamfleet.engine.vocabulary import (
     BACKENDS,
+    COMPILE_MODES,
     GRAD_NORMS,
     INTERPOLATIONS,
     OBJECTIVE_KINDS,
@@ -86,9 +87,14 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--io-threads", "io_threads", "decode threads and write threads beside the device loop (0: the CPUs Ray "
         "gave the worker, else the machine's cores; -1: inline, no overlap)", type=int)
     opt("--seed", "seed", "job seed; each image's jitter stream derives from it and the image's path", type=int)
-    opt("--precision", "precision", "fp16 only on CUDA", choices=PRECISIONS)
+    opt("--precision", "precision", "fp16 only on CUDA; auto = bf16 where the device has it natively (CUDA sm80+, "
+        "CPU AVX512-BF16/AMX), else fp32", choices=PRECISIONS)
     opt("--backend", "backend", "gradient backend", choices=BACKENDS)
     opt("--device", "device", "auto, cpu, cuda, cuda:N")
+    opt("--compile-mode", "compile_mode", "--backend compile: torch.compile mode; auto = reduce-overhead (CUDA "
+        "graphs) on CUDA, default on CPU; graphs = explicit whole-step CUDA graph per shape", choices=COMPILE_MODES)
+    g.add_argument("--ort-trt", dest="ort_trt", action="store_true", default=None,
+                   help="--backend onnxruntime on CUDA: use ONNX Runtime's TensorRT execution provider (default: off)")
     opt("--onnx", "onnx", "exported gradient graph for --backend onnxruntime/tensorrt")
     g.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for CUDA, off for CPU)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tomllib
 
-from .vocabulary import GRAD_NORMS, INTERPOLATIONS, OUTPUT_FORMATS, PRECISIONS, SMOOTH_MODES, STEP_UNITS
+from .vocabulary import COMPILE_MODES, GRAD_NORMS, INTERPOLATIONS, OUTPUT_FORMATS, PRECISIONS, SMOOTH_MODES, STEP_UNITS
 
 SMOOTH_SIGMA_MAX = 10.0  # px; --smooth-sigma values lie in [0, SMOOTH_SIGMA_MAX]
 LAP_LEVELS_RANGE = (1, 8)  # --lap-levels: bands of the Laplacian pyramid
@@ -25,7 +25,8 @@ _SMOOTH_UNUSED = {"none": ("smooth", "smooth_sigma", "lap_levels"), "gaussian": 
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
-               "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options", "reproducible"}
+               "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options", "reproducible",
+               "ort_trt"}
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")  # storage options redacted in reports
 
 
@@ -70,6 +71,8 @@ class DreamConfig:
     onnx: str | None = None
     channels_last: bool | None = None  # None: auto (on for CUDA, off for CPU, where NCHW is as fast and steadier)
     reproducible: bool = False  # batch-invariant dreams: batch-1 kernels per image + torch deterministic algorithms
+    compile_mode: str = "auto"  # --backend compile: auto = reduce-overhead (CUDA graphs) on CUDA, default on CPU
+    ort_trt: bool = False  # --backend onnxruntime on CUDA: put ONNX Runtime's TensorRT execution provider first
     overwrite: bool = False
     preset: str | None = None
     # fsspec options for URL inputs/outputs (the job file's [storage] table); never hashed, secrets never reported
@@ -82,6 +85,7 @@ class DreamConfig:
 
             self.layer = get_spec(self.model).default_layer
         _choice("precision", self.precision, PRECISIONS)
+        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
         _choice("step_units", self.step_units, STEP_UNITS)
         _choice("grad_norm", self.grad_norm, GRAD_NORMS)
         _choice("interpolation", self.interpolation, INTERPOLATIONS)

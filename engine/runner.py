@@ -37,6 +37,7 @@ from .report import ImageRecord
 from .sizing import to_tensor, working_size
 from .space import ImageSpace
 from .storage import Storage
+from .transfer import HostTransfer
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ class _Batch:
     items: list[WorkItem]
     alphas: list
     load_s: list[float]
-    x: torch.Tensor  # [N,3,H,W] on the device, loop dtype
+    x: torch.Tensor  # [N,3,H,W] host pixels as decoded: uint8, or float32 in [0, 1]
     out: torch.Tensor | None = None  # [N,3,H,W] on the device
-    host: torch.Tensor | None = None  # [N,3,H,W] float32 on the host, valid once ``fence`` is passed
+    pending: object = None  # transfer.Pending: the uint8 results on their way to the host
     fence: object = None  # Backend.fence() taken after the steps and the copy to the host
     error: Exception | None = None
     t0: float = 0.0
@@ -88,6 +89,7 @@ class DreamRunner:
         self.dm = build_dream_model_for(cfg, guide)
         self.backend = backend_factory(self.dm, cfg, self.device)
         self.dtype = loop_dtype(cfg.precision)
+        self.transfer = HostTransfer(self.device)  # issue 9: pinned uint8 transfers, one sync per batch
         self.batch_limit: dict[tuple[int, int], int] = {}
         self.metadata = {"dreamfleet": "0.1.0", "param_hash": cfg.param_hash(), "params": cfg.hashed_params(),
                          "weights": self.dm.weights_info}
@@ -121,18 +123,25 @@ class DreamRunner:
         """x[N,3,H,W] -> per image (result[3,H,W] or None, failure reason); splits failing batches."""
         try:
             t0 = time.perf_counter()
-            out = dream_tensor(self.backend, x.to(self.device, self.dtype), self.cfg, self.dm.spec, keys)
+            out = dream_tensor(self.backend, self.transfer.upload(x).to(self.dtype), self.cfg, self.dm.spec, keys)
+            pending = self.transfer.download(out)  # uint8 [N,3,H,W], quantized on the device
             t1 = time.perf_counter()
-            self.backend.synchronize()  # the one wait on the device per batch
-            t2 = time.perf_counter()
-            host = out.float().cpu()  # [N,3,H,W]
-            self.stages.add("loop", t1 - t0 + time.perf_counter() - t2, len(keys))
-            self.stages.add("device_wait", t2 - t1, len(keys))
+            host = self._host_results(pending, self.backend.fence())  # the one wait on the device per batch
+            self.stages.add("loop", t1 - t0, len(keys))
+            self.stages.add("device_wait", time.perf_counter() - t1, len(keys))
             return [(o, None) for o in host]
         except Exception as exc:  # a poison image, OOM, a backend error
             reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
         # retried outside the except block: its traceback would keep the failed batch's tensors alive
         return self._split(x, keys, reason, oom)
+
+    def _host_results(self, pending, fence) -> list[torch.Tensor]:
+        """The batch's one wait: on CUDA the download's event (it follows the compute on the stream), elsewhere
+        the backend's fence (a simulated device's clock); per image uint8 [3,H,W], owned by the caller."""
+        if self.transfer.cuda:
+            return [o.clone() for o in pending.wait()]  # out of the pinned ring: writers may hold it a while
+        fence.wait()
+        return pending.wait()
 
     def _split(self, x: torch.Tensor, keys: list[str], reason: str, oom: bool):
         """After ``x`` failed as one batch: halve it and retry (one image: its failure reason)."""
@@ -189,15 +198,17 @@ class DreamRunner:
             load_s.append(img.seconds["decode"] + img.seconds["resize"])
         if not ok:
             return None
-        return _Batch(ok, alphas, load_s, torch.stack(tensors).to(self.device, self.dtype))  # [N,3,H,W]
+        if len({t.dtype for t in tensors}) > 1:  # a 16-bit source among 8-bit ones: all as float
+            tensors = [t.float().div_(255.0) if t.dtype == torch.uint8 else t for t in tensors]
+        return _Batch(ok, alphas, load_s, torch.stack(tensors))  # [N,3,H,W] on the host
 
     def _launch(self, b: _Batch) -> _Batch:
         """Queue every step of ``b`` and its copy to the host, then a fence; no sync (errors surface in ``_land``)."""
         b.t0 = time.perf_counter()
         try:
-            b.out = dream_tensor(self.backend, b.x, self.cfg, self.dm.spec, b.keys)
-            # on CUDA a non-blocking copy lands in pinned memory, ordered before the fence
-            b.host = b.out.float().to("cpu", non_blocking=self.device.type == "cuda")
+            x = self.transfer.upload(b.x).to(self.dtype)  # pinned, uint8 on the wire; /255 on the device
+            b.out = dream_tensor(self.backend, x, self.cfg, self.dm.spec, b.keys)
+            b.pending = self.transfer.download(b.out)  # quantized to uint8 on the device, copied non-blocking
             b.fence = self.backend.fence()
         except Exception as exc:  # a poison image, OOM, a backend error: redone with splitting in _land
             b.error = exc
@@ -209,10 +220,10 @@ class DreamRunner:
         if b.error is None:
             try:
                 t1 = time.perf_counter()
-                b.fence.wait()  # the one wait on the device per batch; the next batch is already queued
+                host = self._host_results(b.pending, b.fence)  # the next batch is already queued
                 self.stages.add("device_wait", time.perf_counter() - t1, len(b.items))
-                host, b.out, b.host = b.host, None, None
-                return [(o, None) for o in host]  # [3,H,W] each
+                b.out, b.pending = None, None
+                return [(o, None) for o in host]  # uint8 [3,H,W] each
             except Exception as exc:
                 b.error = exc
         reason, oom = f"{type(b.error).__name__}: {b.error}", is_oom(b.error)

@@ -7,7 +7,8 @@ Adding a precision, backend or objective kind starts here.
 from __future__ import annotations
 
 # execution
-PRECISIONS = ("fp32", "fp64", "bf16", "fp16")  # every precision a job may ask for
+PRECISIONS = ("fp32", "fp64", "bf16", "fp16", "auto")  # every precision a job may ask for; auto: bf16 where native
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "graphs")
 CPU_PRECISIONS = ("fp32", "fp64", "bf16")  # fp16 only on CUDA
 HALF_PRECISIONS = ("bf16", "fp16")  # computed under autocast / in a half graph
 BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")  # factories: dreamfleet/backends.py
@@ -36,7 +37,7 @@ MANIFEST_NAME = "manifest.jsonl"
 JOB_FILE_NAME = "job.json"
 LOCK_NAME = "lock"
 
-__all__ = ["BACKENDS", "CONTACT_SHEET_NAME", "CPU_PRECISIONS", "DONE", "FAILED", "FINISHED", "GRAD_NORMS",
+__all__ = ["BACKENDS", "COMPILE_MODES", "CONTACT_SHEET_NAME", "CPU_PRECISIONS", "DONE", "FAILED", "FINISHED", "GRAD_NORMS",
            "GUIDED_KINDS", "HALF_PRECISIONS", "INTERPOLATIONS", "JOB_FILE_NAME", "LOCK_NAME", "MANIFEST_NAME",
            "OBJECTIVE_KINDS", "OUTPUT_FORMATS", "PRECISIONS", "REPORT_NAME", "SKIPPED", "SMOOTH_MODES", "STATE_DIR", "STATUSES",
            "STEP_UNITS"]

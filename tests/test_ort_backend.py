@@ -94,6 +94,28 @@ def test_cuda_io_binding_matches_cpu(request, tmp_path_factory):
     assert fig["rel_l2"] < 1e-3 and fig["cosine"] > 0.9999, fig
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_prepared_session_reuses_bindings_and_graphs(request, tmp_path_factory):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu not installed")
+    dm, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
+    cpu = OnnxRuntimeBackend(path, torch.device("cpu"))
+    gpu = OnnxRuntimeBackend(path, torch.device("cuda"))
+    assert not gpu.use_trt_provider and "TensorrtExecutionProvider" not in gpu.providers  # only with --ort-trt
+    gpu.prepare([(2, 64, 80), (1, 48, 48)])
+    binding = gpu.bindings[(2, 64, 80)][0]
+    for seed in range(3):  # replays (CUDA graph when ORT accepted it) with new inputs
+        x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(seed))
+        obj, grad = gpu.step(x.cuda())
+        gpu.synchronize()
+        fig = compare(obj.clone(), grad.clone(), *cpu.step(x))
+        assert fig["rel_l2"] < 1e-3 and fig["cosine"] > 0.9999, (seed, gpu.cuda_graph, fig)
+    assert gpu.bindings[(2, 64, 80)][0] is binding and len(gpu.bindings) == 2  # one IOBinding per shape
+
+
 def test_fp16_graph_keeps_the_max_pool_gradient(tmp_path):
     """Strongly typed fp16 graph: the mask compares fp16 with fp16, so the gradient does not vanish."""
     dm = build_dream_model("vgg16", "features.15", random_weights=True)  # 3 max pools deep

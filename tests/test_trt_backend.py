@@ -85,6 +85,28 @@ def test_engine_matches_torch(precision, tmp_path, monkeypatch):
     assert list((tmp_path / "trt").glob("*.engine"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT 10 and CUDA")
+def test_a_new_bucket_builds_only_its_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMFLEET_CACHE", str(tmp_path))
+    dm = build_dream_model("bvlc_googlenet", "inception3a")
+    cfg = make_config(overrides=dict(model="bvlc_googlenet", layer="inception3a", backend="tensorrt", device="cuda"))
+    be = TensorRTBackend.from_config(dm, cfg, torch.device("cuda"))
+    be.prepare([(2, 64, 64), (2, 45, 45)])
+    engines = set((tmp_path / "trt").glob("*.engine"))
+    assert len(engines) == 2 and len(be.engines) == 2  # one engine (and context) per size
+    assert be.stream.cuda_stream != 0  # never the legacy default stream
+    assert list((tmp_path / "trt").glob("timing-*.cache"))
+    be2 = TensorRTBackend.from_config(dm, cfg, torch.device("cuda"))
+    be2.prepare([(2, 64, 64), (2, 45, 45), (2, 80, 80)])
+    new = set((tmp_path / "trt").glob("*.engine")) - engines
+    assert len(new) == 1 and "80x80" in next(iter(new)).name
+    x = torch.randn(2, 3, 80, 80, device="cuda")
+    _, g = be2.step(x)
+    be2.synchronize()
+    assert torch.isfinite(g).all()
+
+
 class _FakeTRT:
     """Just enough of TensorRT 10's Python API to record what build_engine asks for."""
 
@@ -117,6 +139,20 @@ class _FakeTRT:
             def add_optimization_profile(self, profile):
                 fake.calls.setdefault("added", 0)
                 fake.calls["added"] += 1
+                return fake.calls["added"] - 1  # the profile's index (-1: invalid)
+
+            def create_timing_cache(self, blob):
+                fake.calls["timing_in"] = blob
+                return "cache"
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                return True
+
+            def get_timing_cache(self):
+                class Cache:
+                    def serialize(self):
+                        return b"timings"
+                return Cache()
 
             def set_flag(self, flag):  # a strongly typed build must never set FP16/BF16 flags
                 raise AssertionError("precision flags set on a strongly typed network")
@@ -161,3 +197,9 @@ def test_build_engine_is_strongly_typed_with_one_profile_per_shape(monkeypatch, 
     assert fake.calls["added"] == 2  # one profile per (H, W); N from 1 to the largest batch
     assert fake.calls["profiles"] == [("x", (1, 3, 45, 51), (2, 3, 45, 51), (2, 3, 45, 51)),
                                       ("x", (1, 3, 64, 72), (2, 3, 64, 72), (2, 3, 64, 72))]
+    assert "timing_in" not in fake.calls  # no timing cache asked for
+    cache = tmp_path / "timing.cache"
+    trt_backend.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
+    assert fake.calls["timing_in"] == b"" and cache.read_bytes() == b"timings"  # written after the build
+    trt_backend.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
+    assert fake.calls["timing_in"] == b"timings"  # and read back by the next build

@@ -1,0 +1,110 @@
+"""Host <-> device transfers of a batch: pinned reused buffers, uint8 on the wire, one sync per batch.
+
+``HostTransfer.upload(x)`` takes a host batch ``x[N,3,H,W]`` of uint8 pixels (0-255) or float
+pixels in [0,1]; on CUDA it stages it in a pinned host buffer kept per (shape, dtype), copies
+it with ``non_blocking=True`` on a side stream, and makes torch's current stream wait for that
+copy (the device never waits for the host). uint8 becomes float in [0,1] *on the device*; the
+model normalization follows on the device in the loop (``ImageSpace.to_model``).
+
+``download(pixels)`` quantizes the dreamed pixels ``[N,3,H,W]`` in [0,1] to uint8 on the device
+(round half up, exactly what ``imageio.save_image`` does to floats), copies them to a pinned
+host buffer on the side stream once the compute stream is done, and returns a ``Pending``:
+``Pending.wait()`` is the batch's one host sync (an event), then hands out per-image uint8
+``[3,H,W]`` host tensors. Download buffers rotate in a ring of ``depth`` per shape: results
+stay valid until ``depth`` more downloads of the same shape (enough for a pipeline that saves
+one batch while the next dreams).
+
+Backends that run on their own CUDA stream must join it back into torch's current stream
+before returning from ``step`` (TensorRT and ONNX Runtime do), so ordering on the current
+stream covers every backend. On CPU nothing is pinned and no stream exists; on the ``meta``
+device (simulated devices) the download returns zero images after the backend's own wait.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+class Pending:
+    """Results of one ``download``: ``wait()`` syncs once and returns per-image uint8 [3,H,W] host tensors."""
+
+    def __init__(self, host: torch.Tensor, event=None) -> None:
+        self.host, self.event = host, event
+
+    def wait(self, device_wait: Callable[[], None] | None = None) -> list[torch.Tensor]:
+        """The batch's one sync: the copy's event on CUDA, else ``device_wait`` (e.g. a simulated device)."""
+        if self.event is not None:
+            self.event.synchronize()
+        elif device_wait is not None:
+            device_wait()
+        return list(self.host.unbind(0))
+
+
+class HostTransfer:
+    def __init__(self, device: torch.device, depth: int = 3) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.device, self.depth = torch.device(device), depth
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self._up: dict[tuple, tuple[torch.Tensor, object]] = {}  # (shape, dtype) -> (pinned buffer, copy done)
+        self._down: dict[tuple, list] = {}  # shape -> ring of (pinned uint8 buffer, copy done)
+        self._turn: dict[tuple, int] = {}
+        self.bytes_up = self.bytes_down = 0
+
+    def upload(self, x: torch.Tensor) -> torch.Tensor:
+        """Host x[N,3,H,W] uint8 (0-255) or float ([0,1]) -> float32 pixels [N,3,H,W] in [0,1] on the device."""
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise ValueError(f"upload takes uint8 or float pixels, got {x.dtype}; valid: uint8, float32, float64")
+        self.bytes_up += x.numel() * x.element_size()
+        if self.cuda:
+            key = (tuple(x.shape), x.dtype)
+            buf, done = self._up.get(key, (None, None))
+            if buf is None:
+                buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            elif done is not None:
+                done.synchronize()  # the previous copy out of this buffer has finished (long ago, normally)
+            buf.copy_(x)
+            with torch.cuda.stream(self.stream):
+                dev = buf.to(self.device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self.stream)
+            self._up[key] = (buf, done)
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            dev.record_stream(current)  # allocated on the side stream, consumed on the current one
+        else:
+            dev = x.to(self.device)
+        return dev.float().div_(255.0) if dev.dtype == torch.uint8 else dev.float()
+
+    @staticmethod
+    def quantize(pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [N,3,H,W] in [0,1] -> uint8, round half up (as imageio.save_image rounds floats)."""
+        return (pixels.float().clamp(0.0, 1.0) * 255.0 + 0.5).floor_().to(torch.uint8)
+
+    def download(self, pixels: torch.Tensor) -> Pending:
+        """Dreamed pixels [N,3,H,W] in [0,1] on the device -> Pending uint8 host results."""
+        n_bytes = pixels.numel()
+        self.bytes_down += n_bytes
+        if pixels.device.type == "meta":  # a simulated device: nothing to copy
+            return Pending(torch.zeros(pixels.shape, dtype=torch.uint8))
+        q = self.quantize(pixels)  # [N,3,H,W] uint8, on the device
+        if not self.cuda:
+            return Pending(q.cpu())
+        key = tuple(q.shape)
+        ring = self._down.setdefault(key, [])
+        turn = self._turn.get(key, 0)
+        self._turn[key] = turn + 1
+        if len(ring) < self.depth:
+            ring.append((torch.empty(q.shape, dtype=torch.uint8, pin_memory=True), None))
+        slot = turn % len(ring)
+        host, _ = ring[slot]
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            q.record_stream(self.stream)
+            host.copy_(q, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        ring[slot] = (host, done)
+        return Pending(host, done)
