@@ -71,11 +71,19 @@ def dying_backend(dm, cfg, device, *, marker: str, out_dir: str, after_steps: in
     test can check that none of them was written again.
     """
     from dreamfleet.backends import create_backend
+    from dreamfleet.engine.storage import Storage, is_url, location
+
+    def outputs_written() -> dict:
+        """Output -> inode (object stores: 0) of every dream already written under ``out_dir``."""
+        def ours(name: str) -> bool:
+            return name.endswith(".png") and not name.startswith(".") and "dreamfleet" not in name
+        if is_url(out_dir):
+            return {str(u): 0 for u in Storage.for_config(cfg).find(location(out_dir)) if ours(u.name)}
+        return {str(p): p.stat().st_ino for p in Path(out_dir).rglob("*.png") if ours(p.name)}
 
     def on_step(backend, x):
         if backend.steps > after_steps and not os.path.exists(marker):
-            written = {str(p): p.stat().st_ino for p in Path(out_dir).rglob("*.png")
-                       if not p.name.startswith(".") and "dreamfleet" not in p.name}
+            written = outputs_written()
             if not written:
                 return  # no output written yet: die at a later step
             atomic_write(marker, json.dumps({"pid": os.getpid(), "written": written}))

