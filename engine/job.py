@@ -116,7 +116,8 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path) -> JobPlan:
             continue
         plan.todo.append(WorkItem(str(item.path), item.rel, str(out), hw))
     plan.todo.sort(key=lambda i: (i.hw, i.rel))
-    plan.shapes = plan_shapes([i.hw for i in plan.todo], cfg.batch_size, cfg.octaves, cfg.octave_scale, spec.min_size)
+    plan.shapes = plan_shapes([i.hw for i in plan.todo], cfg.batch_size, cfg.octaves, cfg.octave_scale, spec.min_size,
+                              tile=cfg.tile, tile_overlap=cfg.tile_overlap)
     return plan
 
 

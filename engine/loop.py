@@ -4,10 +4,14 @@ Per image: an octave pyramid (smallest first), detail carried from each octave t
 next, ``iterations`` steps per octave, random roll jitter undone after each step, the
 gradient normalized per image, the result clamped. The backend only supplies gradients;
 everything here is identical for every backend.
+The step (``ascent``) and the octave loop (``dream_steps``) are generators that yield the batch
+whose gradient they need: ``drive`` answers them with a backend, the tile scheduler
+(``engine.tiled``) with gradients assembled from tiles, so both run this one loop.
 """
 from __future__ import annotations
 
 import logging
+from typing import Generator
 
 import torch
 
@@ -20,13 +24,35 @@ from .space import ImageSpace
 
 log = logging.getLogger(__name__)
 
+# yields x[N,3,H,W] (a rolled batch), is sent its gradient [N,3,H,W], returns the new z
+StepGen = Generator[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def ascent(z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace) -> StepGen:
+    """The ascent step as a generator: yields the rolled batch, receives its gradient, returns the new z.
+
+    z: [N,3,H,W] normalized -> [N,3,H,W]. ``ascent_step`` runs it with a backend; the tile
+    scheduler (``engine.tiled``) answers with gradients assembled from tiles.
+    """
+    shifts = draw_shifts(rngs, cfg.jitter)
+    grad = yield roll(z, shifts)  # grad: [N,3,H,W], in the rolled frame
+    grad = roll(grad, shifts, sign=-1)
+    return space.update(z, grad, cfg.step, cfg.grad_norm)
+
+
+def drive(steps: StepGen, backend: Backend) -> torch.Tensor:
+    """Run a step generator (``ascent``, ``dream_steps``) with ``backend`` computing every gradient."""
+    try:
+        x = next(steps)
+        while True:
+            x = steps.send(backend.step(x)[1])
+    except StopIteration as done:
+        return done.value
+
 
 def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace) -> torch.Tensor:
     """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W]."""
-    shifts = draw_shifts(rngs, cfg.jitter)
-    _, grad = backend.step(roll(z, shifts))  # grad: [N,3,H,W], in the rolled frame
-    grad = roll(grad, shifts, sign=-1)
-    return space.update(z, grad, cfg.step, cfg.grad_norm)
+    return drive(ascent(z, rngs, cfg, space), backend)
 
 
 def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spec: ModelSpec, keys: list[str],
@@ -35,6 +61,12 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
 
     ``keys`` name the images (relative paths): each seeds that image's jitter stream.
     """
+    return drive(dream_steps(base, cfg, spec, keys, space), backend)
+
+
+def dream_steps(base: torch.Tensor, cfg: DreamConfig, spec: ModelSpec, keys: list[str],
+                space: ImageSpace | None = None) -> StepGen:
+    """``dream_normalized`` as a generator: yields each rolled batch whose gradient it needs."""
     if len(keys) != base.shape[0]:
         raise ValueError(f"need one key per image: {len(keys)} keys for {base.shape[0]} images")
     space = space or ImageSpace.create(spec, cfg, base.device, base.dtype)
@@ -51,7 +83,7 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
             detail = resize_to(detail, tuple(octave_base.shape[-2:]), cfg.interpolation)
         z = octave_base + detail  # [N,3,h,w]
         for _ in range(cfg.iterations):
-            z = ascent_step(backend, z, rngs, cfg, space)
+            z = yield from ascent(z, rngs, cfg, space)
         detail = z - octave_base
     return z
 

@@ -27,6 +27,7 @@ from .models import get_spec
 from .report import ImageRecord
 from .sizing import to_tensor, working_size
 from .space import ImageSpace
+from .tiled import TileScheduler, split_tiled
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class DreamRunner:
             if on_record:
                 on_record(rec)
 
+        items, tiled = split_tiled(items, self.cfg)  # issue 10: larger than one tile window -> tile scheduler
         buckets: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
         for item in items:
             buckets[tuple(item.hw)].append(item)
@@ -146,4 +148,6 @@ class DreamRunner:
                 size = min(self.cfg.batch_size, self.batch_limit.get(hw, self.cfg.batch_size))
                 self._run_batch(bucket[i:i + size], emit)
                 i += size
+        if tiled:
+            TileScheduler(self, emit).run(tiled)
         return records
