@@ -76,15 +76,21 @@ def dream_steps(base: torch.Tensor, cfg: DreamConfig, spec: ModelSpec, keys: lis
         log.info("%dx%d: %d of %d octaves fit the model's %d px minimum", w, h, n_oct, cfg.octaves, spec.min_size)
     rngs = [image_rng(cfg.seed, k) for k in keys]
     pyramid = build_pyramid(base, n_oct, cfg.octave_scale, cfg.interpolation)  # largest first
+    del base  # memory: each level is dropped once used, and the last octave keeps no base or detail
     detail = torch.zeros_like(pyramid[-1])
     z = pyramid[-1]
-    for level, octave_base in enumerate(reversed(pyramid)):
+    for level in range(n_oct):
+        octave_base = pyramid.pop()  # smallest first
         if level > 0:
             detail = resize_to(detail, tuple(octave_base.shape[-2:]), cfg.interpolation)
         z = octave_base + detail  # [N,3,h,w]
+        detail = None
+        if level == n_oct - 1:
+            octave_base = None  # the last octave's detail is never used
         for _ in range(cfg.iterations):
             z = yield from ascent(z, rngs, cfg, space)
-        detail = z - octave_base
+        if octave_base is not None:
+            detail = z - octave_base
     return z
 
 

@@ -20,6 +20,7 @@ is retried per image; an image that fails alone becomes a failure record, the re
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections import defaultdict, deque
@@ -41,6 +42,24 @@ if TYPE_CHECKING:
     from .runner import DreamRunner, WorkItem
 
 log = logging.getLogger(__name__)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def bound_host_allocator() -> bool:
+    """glibc: allocations of 1 MiB and more by mmap, freed heap trimmed above 1 MiB. Process-wide.
+
+    Without it the allocator keeps a tile batch's freed activations in its free lists, and the
+    next batches fragment them: the 2400x1600 benchmark's peak RSS grew 2.66 -> 3.04 GiB over
+    its batches; with it every batch's memory goes back to the OS (measured 2.60 GiB, flat).
+    Returns False where there is no glibc (nothing changes).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 def split_tiled(items: list[WorkItem], cfg: DreamConfig) -> tuple[list[WorkItem], list[WorkItem]]:
@@ -78,6 +97,8 @@ class TileScheduler:
         self.untiled: list[_Flight] = []
         self.flights: list[_Flight] = []
         self.tile_batches = self.tile_slots_filled = 0
+        if runner.device.type == "cpu":
+            bound_host_allocator()
 
     def run(self, items: list[WorkItem]) -> None:
         todo = deque(items)
