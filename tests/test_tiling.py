@@ -191,3 +191,24 @@ def test_onnxruntime_backend_tiles_like_eager(request, tmp_path_factory, tmp_pat
         outs.append(saved[item.output])
     diff = np.abs(outs[0] - outs[1]).max()
     assert diff < 1e-4, diff
+
+
+@pytest.mark.slow  # one torch.compile of the tile shape: ~1 minute on 2 cores
+def test_compile_backend_runs_the_planned_tile_shape(tmp_path, monkeypatch):
+    noise = np.random.default_rng(0).integers(0, 256, size=(96, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "c.png")
+    item = WorkItem(str(tmp_path / "c.png"), "c.png", str(tmp_path / "o.png"), (96, 160))
+    outs = []
+    for backend in ("eager", "compile"):
+        cfg = make_config(overrides=dict(layer="inception3a", backend=backend, tile=32, tile_overlap=16, octaves=2,
+                                         iterations=1, jitter=8, batch_size=4, max_side=0, snap=1))
+        saved = _capture(monkeypatch)
+        runner = DreamRunner(cfg, create_backend)
+        shapes = plan_shapes([item.hw], cfg.batch_size, cfg.octaves, cfg.octave_scale, runner.dm.spec.min_size,
+                             tile=cfg.tile, tile_overlap=cfg.tile_overlap)
+        assert shapes == [(4, 64, 64)]  # both octaves are tiled: one shape for the whole job
+        runner.prepare(shapes)
+        assert [r.status for r in runner.process([item])] == ["done"]
+        runner.close()
+        outs.append(saved[item.output])
+    assert np.abs(outs[0] - outs[1]).max() < 1e-4
