@@ -41,6 +41,7 @@ test-fast: setup
 
 bench: setup
 	$(VENV)/bin/dreamfleet bench
+	$(PY) -m dreamfleet.benchmarks.large_image --quick   # tiled vs untiled, peak RSS per process
 
 bench-full: setup
 	$(VENV)/bin/dreamfleet bench --full

@@ -80,6 +80,10 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--output-format", "output_format", "same = the input's name and format", choices=OUTPUT_FORMATS)
     g.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
                    help="redo outputs that exist (default: skip them)")
+    g = p.add_argument_group("tiling (large images at full resolution)")
+    opt("--tile", "tile", "dream octaves larger than one window (tile + 2 x overlap) in PX x PX tiles, "
+        "--batch-size tiles per step (0: off)", type=int)
+    opt("--tile-overlap", "tile_overlap", "context around each tile whose gradient is discarded, px", type=int)
     g = p.add_argument_group("execution")
     opt("--batch-size", "batch_size", "images per forward/backward", type=int)
     opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",

@@ -22,6 +22,7 @@ LAP_LEVELS_RANGE = (1, 8)  # --lap-levels: bands of the Laplacian pyramid
 # jobs without smoothing (classic, seed, every existing output folder) are what they were before
 _SMOOTH_UNUSED = {"none": ("smooth", "smooth_sigma", "lap_levels"), "gaussian": ("lap_levels",),
                   "laplacian": ("smooth_sigma",)}
+TILEABLE_OBJECTIVES = ("l2", "channel", "guide")  # sums over positions: tile gradients add up
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
@@ -60,6 +61,9 @@ class DreamConfig:
     fixed_size: int = 0  # >0: resize every image to fixed_size x fixed_size (the seed article does 224)
     max_pixels: int = 100_000_000  # larger images are recorded as failures, never decoded
     output_format: str = "same"  # same: input's format and name; else NAME.EXT.<format>
+    # tiling (issue 10): octaves larger than one window (tile + 2 * tile_overlap) are dreamed in tiles
+    tile: int = 0  # tile core side, px (0: off)
+    tile_overlap: int = 64  # context around each tile whose gradient is discarded, px
     # execution
     batch_size: int = 8
     threads: int = 0  # torch intra-op threads for an in-process job (0: torch's default, one per core)
@@ -103,6 +107,7 @@ class DreamConfig:
             raise ValueError("jitter, max_side and fixed_size must be >= 0 and snap >= 1")
         self.clamp_range()  # parses
         self._validate_smoothing()
+        self._validate_tiling()
         self.channels = tuple(int(c) for c in self.channels)
         if not isinstance(self.storage_options, dict):
             raise ValueError(f"storage_options must be a table of fsspec options, got {self.storage_options!r}")
@@ -129,6 +134,25 @@ class DreamConfig:
         if len(values) != 2 or not all(0.0 <= v <= SMOOTH_SIGMA_MAX for v in values):
             raise ValueError(f"smooth_sigma must be {valid}, got {raw!r}")
         return values[0], values[1]
+
+    def _validate_tiling(self) -> None:
+        if self.tile < 0 or self.tile_overlap < 0:
+            raise ValueError(f"tile and tile_overlap must be >= 0 (tile 0: off), got {self.tile}, {self.tile_overlap}")
+        if self.tile and self.tile < 32:
+            raise ValueError(f"tile must be 0 (off) or >= 32 px, got {self.tile}")
+        if self.tile:
+            from .models import get_spec
+
+            min_size = get_spec(self.model).min_size
+            if self.tile + 2 * self.tile_overlap < min_size:
+                raise ValueError(f"tile window {self.tile + 2 * self.tile_overlap} px (tile + 2 x tile_overlap) is below "
+                                 f"{self.model}'s minimum input of {min_size} px")
+        if self.tile and self.reproducible:
+            raise ValueError("--reproducible cannot be combined with --tile (tiles of several images share batches); "
+                             "valid: one of them")
+        if self.tile and self.objective not in TILEABLE_OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} cannot be tiled (it is not a sum over positions); "
+                             f"with --tile use one of: {', '.join(TILEABLE_OBJECTIVES)}")
 
     def _coerce_types(self) -> None:
         """TOML and Python callers may give 2 for 2.0 or "4" for 4: convert, or say which field is wrong."""
@@ -164,6 +188,8 @@ class DreamConfig:
 
     def hashed_params(self) -> dict:
         unused = _NOT_HASHED.union(_SMOOTH_UNUSED.get(self.smooth, ()))
+        if not self.tile:  # untiled jobs keep the hash they had before tiling existed
+            unused = unused.union({"tile", "tile_overlap"})
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
 
     def param_hash(self) -> str:

@@ -189,7 +189,8 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
                           f"dreamfleet (e.g. {foreign[0]}; this job {ours}); pass --overwrite to replace them "
                           "or choose another -o")
     plan.todo.sort(key=lambda i: (i.hw, i.rel))
-    plan.shapes = plan_shapes([i.hw for i in plan.todo], cfg.batch_size, cfg.octaves, cfg.octave_scale, spec.min_size)
+    plan.shapes = plan_shapes([i.hw for i in plan.todo], cfg.batch_size, cfg.octaves, cfg.octave_scale, spec.min_size,
+                              tile=cfg.tile, tile_overlap=cfg.tile_overlap)
     return plan
 
 

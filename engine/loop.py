@@ -6,13 +6,18 @@ gradient optionally smoothed (``engine/smoothing.py``) and normalized per image,
 result clamped. The backend only supplies gradients; everything here is identical for
 every backend.
 
+The step (``ascent``) and the octave loop (``dream_steps``) are generators that yield the batch
+whose gradient they need: ``drive`` answers them with a backend, the tile scheduler
+(``engine.tiled``) with gradients assembled from tiles, so both run this one loop.
+
 The per-step work is flat: every shift of a dream is drawn and uploaded before the first
 step (``JitterSchedule``), each roll is one gather for the whole batch, and nothing in the
-step loop reads a device value on the host (no sync until the runner's ``synchronize``).
+step loop reads a device value on the host (no sync until the runner's fence).
 """
 from __future__ import annotations
 
 import logging
+from typing import Generator
 
 import torch
 
@@ -27,6 +32,9 @@ from .space import ImageSpace
 
 log = logging.getLogger(__name__)
 
+# yields x[N,3,H,W] (a rolled batch), is sent its gradient [N,3,H,W], returns the new z
+StepGen = Generator[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 def _roll_pair(rngs, cfg: DreamConfig, z: torch.Tensor):
     """(roll, unroll) functions for this step, or None when no image moves."""
@@ -40,31 +48,54 @@ def _roll_pair(rngs, cfg: DreamConfig, z: torch.Tensor):
     return lambda t: roll_batched(t, sh), lambda t: roll_batched(t, sh, sign=-1)
 
 
-def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace,
-                it: int = 0) -> torch.Tensor:
-    """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W].
+def ascent(z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace, it: int = 0) -> StepGen:
+    """The ascent step as a generator: yields the rolled batch, receives its gradient, returns the new z.
 
-    ``rngs``: the dream's ``JitterSchedule``, or one numpy generator per image (draws this step);
-    ``it``: the iteration within the octave (drives the smoothing schedule).
+    z: [N,3,H,W] normalized -> [N,3,H,W]. ``rngs``: the dream's ``JitterSchedule``, or one numpy
+    generator per image (draws this step); ``it``: the iteration within the octave (drives the
+    smoothing schedule). Rolls are gathers (per element, batch-independent); with ``reproducible``
+    the update, which reduces within an image, runs on each image alone.
     """
-    with deterministic_torch(cfg.reproducible):
-        rolls = _roll_pair(rngs, cfg, z)
-        x = z if rolls is None else rolls[0](z)  # rolls are gathers: per element, batch-independent
-        if cfg.reproducible:  # every op that mixes values within an image runs on that image alone
-            grad = per_image(lambda xi: backend.step(xi)[1], x)
-        else:
-            _, grad = backend.step(x)  # grad: [N,3,H,W], in the rolled frame
-        if rolls is not None:
-            grad = rolls[1](grad)
-        if cfg.reproducible:
-            return per_image(lambda zi, gi: _update(zi, gi, cfg, space, it), z, grad)
-        return _update(z, grad, cfg, space, it)
+    rolls = _roll_pair(rngs, cfg, z)
+    grad = yield (z if rolls is None else rolls[0](z))  # grad: [N,3,H,W], in the rolled frame
+    if rolls is not None:
+        grad = rolls[1](grad)
+    if cfg.reproducible:
+        return per_image(lambda zi, gi: _update(zi, gi, cfg, space, it), z, grad)
+    return _update(z, grad, cfg, space, it)
 
 
 def _update(z: torch.Tensor, grad: torch.Tensor, cfg: DreamConfig, space: ImageSpace, it: int) -> torch.Tensor:
-    """Smoothing (issue 13; identity for smooth="none") and the per-image normalized update; [N,3,H,W]."""
+    """Smoothing (identity for smooth="none") and the per-image normalized update; [N,3,H,W]."""
     grad = smooth_gradient(grad, cfg.smooth, cfg.sigma_range(), cfg.lap_levels, it, cfg.iterations, space.unit)
     return space.update(z, grad, cfg.step, cfg.grad_norm)
+
+
+def drive(steps: StepGen, backend: Backend, reproducible: bool = False) -> torch.Tensor:
+    """Run a step generator (``ascent``, ``dream_steps``) with ``backend`` computing every gradient.
+
+    ``reproducible``: each image's gradient on a batch-1 slice, torch's deterministic algorithms on
+    (``engine/reproducible.py``), so an image's result does not depend on its batch.
+    """
+    if reproducible:
+        def grad_of(x: torch.Tensor) -> torch.Tensor:
+            return per_image(lambda xi: backend.step(xi)[1], x)
+    else:
+        def grad_of(x: torch.Tensor) -> torch.Tensor:
+            return backend.step(x)[1]
+    with deterministic_torch(reproducible):
+        try:
+            x = next(steps)
+            while True:
+                x = steps.send(grad_of(x))
+        except StopIteration as done:
+            return done.value
+
+
+def ascent_step(backend: Backend, z: torch.Tensor, rngs, cfg: DreamConfig, space: ImageSpace,
+                it: int = 0) -> torch.Tensor:
+    """One step for the whole batch. z: [N,3,H,W] normalized -> [N,3,H,W]."""
+    return drive(ascent(z, rngs, cfg, space, it), backend, cfg.reproducible)
 
 
 def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spec: ModelSpec, keys: list[str],
@@ -73,6 +104,12 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
 
     ``keys`` name the images (relative paths): each seeds that image's jitter stream.
     """
+    return drive(dream_steps(base, cfg, spec, keys, space), backend, cfg.reproducible)
+
+
+def dream_steps(base: torch.Tensor, cfg: DreamConfig, spec: ModelSpec, keys: list[str],
+                space: ImageSpace | None = None) -> StepGen:
+    """``dream_normalized`` as a generator: yields each rolled batch whose gradient it needs."""
     if len(keys) != base.shape[0]:
         raise ValueError(f"need one key per image: {len(keys)} keys for {base.shape[0]} images")
     space = space or ImageSpace.create(spec, cfg, base.device, base.dtype)
@@ -82,15 +119,21 @@ def dream_normalized(backend: Backend, base: torch.Tensor, cfg: DreamConfig, spe
         log.info("%dx%d: %d of %d octaves fit the model's %d px minimum", w, h, n_oct, cfg.octaves, spec.min_size)
     rngs = JitterSchedule([image_rng(cfg.seed, k) for k in keys], cfg.jitter, n_oct * cfg.iterations, base.device)
     pyramid = build_pyramid(base, n_oct, cfg.octave_scale, cfg.interpolation)  # largest first
+    del base  # memory: each level is dropped once used, and the last octave keeps no base or detail
     detail = torch.zeros_like(pyramid[-1])
     z = pyramid[-1]
-    for level, octave_base in enumerate(reversed(pyramid)):
+    for level in range(n_oct):
+        octave_base = pyramid.pop()  # smallest first
         if level > 0:
             detail = resize_to(detail, tuple(octave_base.shape[-2:]), cfg.interpolation)
         z = octave_base + detail  # [N,3,h,w]
+        detail = None
+        if level == n_oct - 1:
+            octave_base = None  # the last octave's detail is never used
         for it in range(cfg.iterations):
-            z = ascent_step(backend, z, rngs, cfg, space, it)
-        detail = z - octave_base
+            z = yield from ascent(z, rngs, cfg, space, it)
+        if octave_base is not None:
+            detail = z - octave_base
     return z
 
 

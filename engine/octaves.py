@@ -13,6 +13,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from .tiling import needs_tiling, window_side
+
 
 def octave_sizes(h: int, w: int, octaves: int, scale: float) -> list[tuple[int, int]]:
     """Sizes from the full image down: [(h, w), (floor(h/s), floor(w/s)), ...]."""
@@ -55,17 +57,27 @@ def batch_sizes(count: int, batch_size: int) -> list[int]:
 
 
 def plan_shapes(image_sizes: list[tuple[int, int]], batch_size: int, octaves: int, scale: float,
-                min_size: int) -> list[tuple[int, int, int]]:
+                min_size: int, tile: int = 0, tile_overlap: int = 0) -> list[tuple[int, int, int]]:
     """Every (N, H, W) the job will run, for images of the given (working) sizes.
 
     Images are bucketed by identical size and cut into batches of ``batch_size``; each batch
     runs every usable octave. Sizes too small for the model are left out (they fail).
+    With ``tile`` > 0, images larger than one tile window go to the tile scheduler: their
+    large octaves run as (batch_size, S, S) tile batches, their small octaves in batches of
+    up to min(count, batch_size) images (see ``engine.tiled``).
     """
     shapes: set[tuple[int, int, int]] = set()
     for (h, w), count in Counter(image_sizes).items():
         try:
             n_oct = usable_octaves(h, w, octaves, scale, min_size)
         except ValueError:
+            continue
+        # --- tiling (issue 10) ---
+        if needs_tiling(h, w, tile, tile_overlap):
+            for oh, ow in octave_sizes(h, w, n_oct, scale):
+                side = window_side(tile, tile_overlap)
+                tiled = needs_tiling(oh, ow, tile, tile_overlap)
+                shapes.add((batch_size, side, side) if tiled else (min(count, batch_size), oh, ow))
             continue
         for n in set(batch_sizes(count, batch_size)):
             for oh, ow in octave_sizes(h, w, n_oct, scale):

@@ -37,6 +37,7 @@ from .report import ImageRecord
 from .sizing import to_tensor, working_size
 from .space import ImageSpace
 from .storage import Storage
+from .tiled import TileScheduler, split_tiled
 from .transfer import HostTransfer
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ class DreamRunner:
             if on_record:
                 on_record(rec)
 
+        items, tiled = split_tiled(items, self.cfg)  # issue 10: larger than one tile window -> tile scheduler
         buckets: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
         for item in items:
             buckets[tuple(item.hw)].append(item)
@@ -292,4 +294,6 @@ class DreamRunner:
         finally:
             while len(writes):  # every queued write finishes (or fails) and is recorded
                 emit(writes.pop()[1])
+        if tiled:  # after the buckets: the tile scheduler shares fixed-shape batches across these images
+            TileScheduler(self, emit).run(tiled)
         return records

@@ -1,0 +1,214 @@
+"""Tiled dreaming: the tile grid, exactness, the tile error bound, shared batches, backends and whole jobs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dreamfleet.engine.tiled as tiled_mod
+from dreamfleet.backends import create_backend
+from dreamfleet.engine.backends.base import Backend
+from dreamfleet.engine.backends.eager import EagerBackend
+from dreamfleet.engine.build import build_dream_model
+from dreamfleet.engine.config import make_config
+from dreamfleet.engine.job import run_job
+from dreamfleet.engine.loop import dream_tensor
+from dreamfleet.engine.octaves import plan_shapes
+from dreamfleet.engine.runner import DreamRunner, WorkItem
+from dreamfleet.engine.space import ImageSpace
+from dreamfleet.engine.tiled import TileScheduler
+from dreamfleet.engine.tiling import ALIGN, axis_windows, tiled_gradient, window_side
+
+from conftest import random_rgb
+
+CPU = torch.device("cpu")
+# the documented bound (README, "Tiling"): bvlc_googlenet inception4c, tile 256, default overlap, 768x512 photo
+DEFAULT_OVERLAP_BOUND = 0.04
+
+
+class Recorder(Backend):
+    name = "recorder"
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def step(self, x):
+        self.seen.append((x.shape[0], *x.shape[-2:]))
+        return self.inner.step(x)
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(2400, 512, 64), (1142, 512, 64), (1000, 256, 64), (641, 512, 64),
+                                                 (640, 512, 64), (97, 32, 16), (5000, 96, 0)])
+def test_grid_partitions_the_axis_with_context(length, tile, overlap):
+    side = window_side(tile, overlap)
+    wins = axis_windows(length, tile, overlap)
+    assert wins[0][1] == 0 and wins[-1][2] == length
+    for (s, c0, c1), nxt in zip(wins, wins[1:] + [None]):
+        assert s % ALIGN == 0 and s <= c0 < c1 <= s + side
+        assert c0 == 0 or c0 - s >= overlap  # context before the core, unless it is the image border
+        assert c1 == length or s + side - c1 >= overlap
+        if nxt:
+            assert nxt[1] == c1
+        assert s + side < length + ALIGN  # at most ALIGN - 1 px of zero padding past the end
+    if length <= side:
+        assert wins == [(0, 0, length)]
+
+
+def test_tiled_gradient_is_exact_when_the_halo_covers_the_receptive_field():
+    # conv2 sees an 11 px receptive field (conv1 7/2, maxpool1 3/2): a 32 px halo holds it twice over,
+    # and with H - S, W - S multiples of 32 no window is padded, so the tiles add up to the whole gradient
+    dm = build_dream_model("bvlc_googlenet", "conv2")
+    be = EagerBackend(dm.module, CPU, "fp64")
+    x = torch.rand(1, 3, 192, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    _, full = be.step(x)
+    got = tiled_gradient(be.step, x, 64, 32, 3)
+    full, got = full / full.abs().mean(), got / got.abs().mean()  # the mean objective's scale differs per window
+    assert ((got - full).norm() / full.norm()).item() < 1e-10
+
+
+@pytest.mark.slow  # one 768x512 inception4c gradient, untiled and tiled: ~15 s on 2 quiet cores
+def test_default_overlap_stays_under_the_documented_bound():
+    from dreamfleet.benchmarks.tile_error import normalized, photo
+
+    cfg = make_config()
+    assert cfg.tile_overlap == 64
+    dm = build_dream_model(cfg.model, cfg.layer)
+    be = EagerBackend(dm.module, CPU)
+    z = ImageSpace.create(dm.spec, cfg, CPU, torch.float32).to_model(photo(768, 512))
+    ref = normalized(be.step(z)[1])
+    got = normalized(tiled_gradient(be.step, z, 256, cfg.tile_overlap, 4))
+    err = ((got - ref).norm() / ref.norm()).item()
+    print(f"tile error at the default overlap: {err:.4f} (README: 0.025 measured, bound {DEFAULT_OVERLAP_BOUND})")
+    assert err < DEFAULT_OVERLAP_BOUND
+
+
+def _write(path, h, w, seed=0):
+    Image.fromarray(random_rgb(h, w, seed)).save(path)
+    return path
+
+
+def _capture(monkeypatch) -> dict:
+    saved: dict = {}
+    monkeypatch.setattr(tiled_mod, "save_image", lambda path, rgb, alpha, meta: saved.__setitem__(str(path), rgb))
+    return saved
+
+
+def test_scheduler_on_images_within_one_window_equals_the_untiled_loop(tmp_path, monkeypatch, fast_overrides):
+    """The scheduler's own path (admission, generators, shared untiled batches) changes nothing: fp64."""
+    cfg = make_config(overrides=dict(fast_overrides, precision="fp64", tile=64, tile_overlap=16, jitter=8))
+    runner = DreamRunner(cfg, create_backend)
+    items = [WorkItem(str(_write(tmp_path / f"{i}.png", 64, 96, i)), f"{i}.png", str(tmp_path / f"o{i}.png"), (64, 96))
+             for i in range(3)]
+    saved, records = _capture(monkeypatch), []
+    TileScheduler(runner, records.append).run(items)
+    assert [r.status for r in records] == ["done"] * 3
+    for i, item in enumerate(items):
+        x = torch.from_numpy(random_rgb(64, 96, i).astype(np.float64) / 255.0).permute(2, 0, 1)[None]
+        ref = dream_tensor(runner.backend, x, cfg, runner.dm.spec, [item.rel])[0].permute(1, 2, 0).numpy()
+        assert np.abs(saved[item.output] - ref).max() < 1e-6  # the output is cast to fp32, as the runner does
+
+
+def test_image_no_larger_than_one_tile_dreams_exactly_as_untiled(tmp_path, fast_overrides):
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "a.png", 64, 96)
+    outs = {}
+    for tile in (0, 64):
+        cfg = make_config(overrides=dict(fast_overrides, tile=tile, tile_overlap=16))
+        run_job(cfg, [str(src)], tmp_path / f"out{tile}", create_backend, progress=False)
+        outs[tile] = np.asarray(Image.open(tmp_path / f"out{tile}" / "a.png"))
+    assert np.array_equal(outs[0], outs[64])
+
+
+def test_tiles_of_several_images_and_octaves_share_one_batch_shape(tmp_path, monkeypatch, fast_overrides):
+    cfg = make_config(overrides=dict(fast_overrides, layer="inception3a", tile=64, tile_overlap=16, max_side=0,
+                                     octaves=3, batch_size=3))
+    runner = DreamRunner(cfg, create_backend)
+    runner.backend = rec = Recorder(runner.backend)
+    sizes = [(200, 150), (200, 150), (96, 260), (120, 120)]
+    items = [WorkItem(str(_write(tmp_path / f"{i}.png", h, w, i)), f"{i}.png", str(tmp_path / f"o{i}.png"), (h, w))
+             for i, (h, w) in enumerate(sizes)]
+    saved, records = _capture(monkeypatch), []
+    sched = TileScheduler(runner, records.append)
+    sched.run(items)
+    assert sorted(r.status for r in records) == ["done"] * 4
+    assert {saved[i.output].shape for i in items} == {(h, w, 3) for h, w in sizes}
+    side = window_side(64, 16)
+    tile_shapes = {s for s in rec.seen if s[1:] == (side, side)}
+    assert tile_shapes == {(3, side, side)}  # one shape, short batches zero-filled
+    assert sched.tile_slots_filled > 2 * sched.tile_batches  # batches mostly full: tiles of several images
+    planned = plan_shapes([i.hw for i in items], cfg.batch_size, cfg.octaves, cfg.octave_scale, runner.dm.spec.min_size,
+                          tile=cfg.tile, tile_overlap=cfg.tile_overlap)
+    largest = {(h, w): n for n, h, w in planned}
+    assert all(n <= largest.get((h, w), 0) for n, h, w in rec.seen), (rec.seen, planned)
+
+
+def test_tiled_job_writes_full_size_and_a_bad_image_fails_alone(tmp_path, fast_overrides):
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "big.png", 180, 250)
+    _write(src / "small.png", 64, 64)
+    (src / "broken.png").write_bytes(b"not a png")
+    cfg = make_config(overrides=dict(fast_overrides, tile=64, tile_overlap=16, max_side=0, snap=1, batch_size=4))
+    report = run_job(cfg, [str(src)], tmp_path / "out", create_backend, progress=False)
+    rows = {r["rel"]: r for r in json.loads((tmp_path / "out" / "dreamfleet-report.json").read_text())["images"]}
+    assert {k: r["status"] for k, r in rows.items()} == {"big.png": "done", "small.png": "done", "broken.png": "failed"}
+    assert Image.open(tmp_path / "out" / "big.png").size == (250, 180)
+    assert report.counts()["done"] == 2
+
+
+def test_tiling_refuses_objectives_that_do_not_add_up():
+    with pytest.raises(ValueError, match="cannot be tiled.*l2, channel, guide"):
+        make_config(overrides=dict(tile=256, objective="norm"))
+    with pytest.raises(ValueError, match="minimum input of 75"):
+        make_config(overrides=dict(tile=32, tile_overlap=8, model="inception_v3", random_weights=True))
+    assert make_config().param_hash() == make_config(overrides=dict(tile_overlap=96)).param_hash()  # tiling off
+    assert make_config(overrides=dict(tile=256)).param_hash() != make_config().param_hash()
+
+
+def test_onnxruntime_backend_tiles_like_eager(request, tmp_path_factory, tmp_path, monkeypatch):
+    from test_export_support import exported
+
+    dm, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
+    # pixel noise, not random_rgb's flat 8x8 blocks: flat blocks make exact max-pool ties, which ONNX Runtime
+    # (first maximum) and torch route differently, so the two dreams would part for a reason unrelated to tiles
+    noise = np.random.default_rng(0).integers(0, 256, size=(96, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "a.png")
+    item = WorkItem(str(tmp_path / "a.png"), "a.png", str(tmp_path / "o.png"), (96, 160))
+    outs = []
+    for backend in ("eager", "onnxruntime"):
+        cfg = make_config(overrides=dict(model="bvlc_googlenet", backend=backend, onnx=str(path), device="cpu",
+                                         tile=32, tile_overlap=16, octaves=2, iterations=2, jitter=8, batch_size=4))
+        saved = _capture(monkeypatch)
+        runner = DreamRunner(cfg, create_backend)
+        records = runner.process([item])
+        runner.close()
+        assert [r.status for r in records] == ["done"]
+        outs.append(saved[item.output])
+    diff = np.abs(outs[0] - outs[1]).max()
+    assert diff < 1e-4, diff
+
+
+@pytest.mark.slow  # one torch.compile of the tile shape: ~1 minute on 2 cores
+def test_compile_backend_runs_the_planned_tile_shape(tmp_path, monkeypatch):
+    noise = np.random.default_rng(0).integers(0, 256, size=(96, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "c.png")
+    item = WorkItem(str(tmp_path / "c.png"), "c.png", str(tmp_path / "o.png"), (96, 160))
+    outs = []
+    for backend in ("eager", "compile"):
+        cfg = make_config(overrides=dict(layer="inception3a", backend=backend, tile=32, tile_overlap=16, octaves=2,
+                                         iterations=1, jitter=8, batch_size=4, max_side=0, snap=1))
+        saved = _capture(monkeypatch)
+        runner = DreamRunner(cfg, create_backend)
+        shapes = plan_shapes([item.hw], cfg.batch_size, cfg.octaves, cfg.octave_scale, runner.dm.spec.min_size,
+                             tile=cfg.tile, tile_overlap=cfg.tile_overlap)
+        assert shapes == [(4, 64, 64)]  # both octaves are tiled: one shape for the whole job
+        runner.prepare(shapes)
+        assert [r.status for r in runner.process([item])] == ["done"]
+        runner.close()
+        outs.append(saved[item.output])
+    assert np.abs(outs[0] - outs[1]).max() < 1e-4
