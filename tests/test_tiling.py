@@ -93,7 +93,7 @@ def _write(path, h, w, seed=0):
 
 def _capture(monkeypatch) -> dict:
     saved: dict = {}
-    monkeypatch.setattr(tiled_mod, "save_image", lambda path, rgb, alpha, meta: saved.__setitem__(str(path), rgb))
+    monkeypatch.setattr(tiled_mod, "save_image", lambda path, rgb, alpha, meta, **kw: saved.__setitem__(str(path), rgb))
     return saved
 
 
@@ -171,7 +171,7 @@ def test_tiling_refuses_objectives_that_do_not_add_up():
 
 
 def test_onnxruntime_backend_tiles_like_eager(request, tmp_path_factory, tmp_path, monkeypatch):
-    from test_export_support import exported
+    from export_fixtures import exported
 
     dm, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
     # pixel noise, not random_rgb's flat 8x8 blocks: flat blocks make exact max-pool ties, which ONNX Runtime
