@@ -38,7 +38,6 @@ class SimulatedDeviceBackend(Backend):
     def __init__(self, step_seconds: StepTime, mode: str = "async", label: str = "simulated",
                  host_seconds: StepTime | None = None) -> None:
         super().__init__()
-        self.host_seconds = host_seconds  # modelled host cost of issuing one step (kernel launches), slept
         if mode not in ("async", "sync"):
             raise ValueError(f"unknown simulated device mode {mode!r}; valid: async, sync")
         self.step_seconds, self.mode, self.label = step_seconds, mode, label
@@ -48,8 +47,13 @@ class SimulatedDeviceBackend(Backend):
         self.steps = 0
         self.idle_seconds = 0.0  # device idle between its first and last step (the host was late)
         self.idle_first_step = 0.0  # ... of which before the first step of a batch (after a synchronize)
+        self.first_step_at: float | None = None  # perf_counter time the first step was queued
+        self.prepared_at: float | None = None  # perf_counter time of prepare (the runner's work starts next)
         self._synced = True
         self._zeros: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
+        self.prepared_at = time.perf_counter()
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [N,3,H,W] -> (objective[N], grad[N,3,H,W]) of zeros; only the clock moves
@@ -60,6 +64,8 @@ class SimulatedDeviceBackend(Backend):
         if self.host_seconds is not None:
             time.sleep(self.host_seconds(n, h, w))  # the host thread is busy launching
         now = time.perf_counter()
+        if self.first_step_at is None:
+            self.first_step_at = now
         if self.steps > 1 and now > self.device_clock:
             self.idle_seconds += now - self.device_clock
             if self._synced:
