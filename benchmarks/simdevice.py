@@ -8,8 +8,9 @@ the runner waits on, once per batch) until the clock as it was when the fence wa
 releasing the GIL like a real device wait. ``idle_seconds`` sums the gaps in which the
 device had nothing queued (the host was late).
 ``mode="sync"`` sleeps inside every step instead (a device that blocks the host).
-``host_seconds`` (optional) is the modelled host cost of issuing a step (driver launches), slept
-before the step is queued.
+``host_seconds`` (optional) is the modelled host cost of issuing a step (driver launches): the
+calling thread spins for it before the step is queued, holding the GIL as torch's launches do (a
+sleep would release it and then wait up to a switch interval to get it back from the I/O threads).
 
 Every figure produced with this backend is **simulated**, never a device measurement.
 """
@@ -23,6 +24,13 @@ import torch
 from dreamfleet.engine.backends.base import Backend, Fence
 
 StepTime = Callable[[int, int, int], float]  # (N, H, W) -> seconds of device time for one step
+
+
+def _spin(seconds: float) -> None:
+    """Busy for ``seconds`` on this thread without releasing the GIL on purpose (as a kernel launch is)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def per_image_time(seconds_per_image_step: float) -> StepTime:
@@ -62,7 +70,7 @@ class SimulatedDeviceBackend(Backend):
         self.busy_seconds += cost
         self.steps += 1
         if self.host_seconds is not None:
-            time.sleep(self.host_seconds(n, h, w))  # the host thread is busy launching
+            _spin(self.host_seconds(n, h, w))  # the host thread is busy launching
         now = time.perf_counter()
         if self.first_step_at is None:
             self.first_step_at = now

@@ -161,13 +161,17 @@ def run_simulation(device_key: str, models: tuple[str, ...], settings: tuple[str
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | setting | prec | batch | predicted images/s | goal | predicted device util. | device-bound images/s "
-            "| kernels/step | GB/image | device time: compute / memory / gaps |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | setting | prec | batch | images | predicted images/s | goal | predicted device util. (between first "
+            "and last step) | device-bound images/s | GB/image | device time: compute / memory / gaps "
+            "| host ms/image: decode+resize / loop / encode / write |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        split = r["device_time_split"]
-        lines.append(f"| {r['model']} | {r['setting']} | {r['precision']} | {r['batch']} | {r['predicted_images_per_s']} "
-                     f"| {r['goal_images_per_s']} | {r['predicted_device_utilization']} | {r['device_bound_images_per_s']} "
-                     f"| {r['per_image_step_work']['kernels_per_step']} | {r['per_image_step_work']['gb_moved']} "
-                     f"| {split['compute_bound_s']:.2f} / {split['memory_bound_s']:.2f} / {split['gaps_s']:.2f} |")
-    return "**simulated** (" + (rows[0]["device"] if rows else "") + ")\n\n" + "\n".join(lines)
+        split, h = r["device_time_split"], r["host_ms_per_image"]
+        lines.append(f"| {r['model']} | {r['setting']} | {r['precision']} | {r['batch']} | {r['images']} "
+                     f"| {r['predicted_images_per_s']} | {r['goal_images_per_s']} | {r['predicted_device_utilization']} "
+                     f"({r['device_utilization_between_first_and_last_step']}) | {r['device_bound_images_per_s']} "
+                     f"| {r['per_image_step_work']['gb_moved']} "
+                     f"| {split['compute_bound_s']:.2f} / {split['memory_bound_s']:.2f} / {split['gaps_s']:.2f} "
+                     f"| {h['decode'] + h['resize']:.1f} / {h['loop']:.1f} / {h['encode']:.1f} / {h['write']:.1f} |")
+    load = f", load average {rows[0]['load_average_1m']} on {rows[0]['cpu_cores']} cores" if rows else ""
+    return "**simulated** (" + (rows[0]["device"] if rows else "") + load + ")\n\n" + "\n".join(lines)
