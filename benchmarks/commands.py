@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-settings", default="eager,graphs,fused", metavar="A,B",
                    help="--simulate: eager, graphs (CUDA graphs), fused (graphs + fusion, modelled)")
     p.add_argument("--sim-batch", type=int, default=32, help="--simulate: batch size (default: 32)")
-    p.add_argument("--sim-images", type=int, default=64, help="--simulate: images in the job (default: 64)")
+    p.add_argument("--sim-images", type=int, default=384,
+                   help="--simulate: images in the job (default: 384, 12 batches of 32: filling and draining the pipeline are amortized)")
     p.add_argument("--sim-precision", default="bf16", choices=("bf16", "fp32"), help="--simulate: precision (bf16)")
     p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
     g = p.add_argument_group("pipeline (host pipeline vs a SIMULATED device)")

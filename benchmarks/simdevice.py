@@ -8,8 +8,9 @@ the runner waits on, once per batch) until the clock as it was when the fence wa
 releasing the GIL like a real device wait. ``idle_seconds`` sums the gaps in which the
 device had nothing queued (the host was late).
 ``mode="sync"`` sleeps inside every step instead (a device that blocks the host).
-``host_seconds`` (optional) is the modelled host cost of issuing a step (driver launches), slept
-before the step is queued.
+``host_seconds`` (optional) is the modelled host cost of issuing a step (driver launches): the
+calling thread spins for it before the step is queued, holding the GIL as torch's launches do (a
+sleep would release it and then wait up to a switch interval to get it back from the I/O threads).
 
 Every figure produced with this backend is **simulated**, never a device measurement.
 """
@@ -25,6 +26,13 @@ from dreamfleet.engine.backends.base import Backend, Fence
 StepTime = Callable[[int, int, int], float]  # (N, H, W) -> seconds of device time for one step
 
 
+def _spin(seconds: float) -> None:
+    """Busy for ``seconds`` on this thread without releasing the GIL on purpose (as a kernel launch is)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def per_image_time(seconds_per_image_step: float) -> StepTime:
     """A device whose step time is proportional to the pixels of the batch (reference: 1 image)."""
     def step_seconds(n: int, h: int, w: int) -> float:
@@ -38,7 +46,6 @@ class SimulatedDeviceBackend(Backend):
     def __init__(self, step_seconds: StepTime, mode: str = "async", label: str = "simulated",
                  host_seconds: StepTime | None = None) -> None:
         super().__init__()
-        self.host_seconds = host_seconds  # modelled host cost of issuing one step (kernel launches), slept
         if mode not in ("async", "sync"):
             raise ValueError(f"unknown simulated device mode {mode!r}; valid: async, sync")
         self.step_seconds, self.mode, self.label = step_seconds, mode, label
@@ -48,8 +55,13 @@ class SimulatedDeviceBackend(Backend):
         self.steps = 0
         self.idle_seconds = 0.0  # device idle between its first and last step (the host was late)
         self.idle_first_step = 0.0  # ... of which before the first step of a batch (after a synchronize)
+        self.first_step_at: float | None = None  # perf_counter time the first step was queued
+        self.prepared_at: float | None = None  # perf_counter time of prepare (the runner's work starts next)
         self._synced = True
         self._zeros: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
+        self.prepared_at = time.perf_counter()
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [N,3,H,W] -> (objective[N], grad[N,3,H,W]) of zeros; only the clock moves
@@ -58,8 +70,10 @@ class SimulatedDeviceBackend(Backend):
         self.busy_seconds += cost
         self.steps += 1
         if self.host_seconds is not None:
-            time.sleep(self.host_seconds(n, h, w))  # the host thread is busy launching
+            _spin(self.host_seconds(n, h, w))  # the host thread is busy launching
         now = time.perf_counter()
+        if self.first_step_at is None:
+            self.first_step_at = now
         if self.steps > 1 and now > self.device_clock:
             self.idle_seconds += now - self.device_clock
             if self._synced:

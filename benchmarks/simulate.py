@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -101,9 +102,12 @@ def simulate_case(device_key: str, model: str, setting: str, batch: int, images:
         report = run_job(cfg, paths, folder / "out", factory, progress=False)
     wall = report.work_seconds or (time.perf_counter() - t0)
     done = sum(1 for r in report.records if r.status == "done")
-    busy = backends[0].busy_seconds
-    host = {k: round(sum(r.timings.get(k, 0.0) for r in report.records if r.timings) / wall, 3)
-            for k in ("load", "save")}
+    dev = backends[0]
+    busy = dev.busy_seconds
+    span = dev.device_clock - dev.first_step_at  # first step queued -> last step done
+    fill = dev.first_step_at - dev.prepared_at  # the first batch's decode: the device has nothing yet
+    drain = max(0.0, dev.prepared_at + wall - dev.device_clock)  # the last batch's writes
+    host = {k: v for k, v in report.extra.get("host_ms_per_image", {}).items() if v is not None}
     dev_s = per_image["device_s"]
     return {
         "label": "simulated", "device": device.name, "device_source": device.source, "model": model,
@@ -115,8 +119,16 @@ def simulate_case(device_key: str, model: str, setting: str, batch: int, images:
         "per_image_step_work": {"kernels_per_step": round(per_image["kernels"] / cfg.octaves / cfg.iterations * batch),
                                 "tflop": round(per_image["flops"] / 1e12, 3), "gb_moved": round(per_image["bytes"] / 1e9, 2)},
         "device_time_split": {k: round(per_image[k] / dev_s, 3) for k in ("compute_bound_s", "memory_bound_s", "gaps_s")},
-        "host_time_split": dict(host, note="fraction of the wall clock spent decoding (load) and encoding + "
-                                                "fsync (save) on the runner's thread"),
+        "device_utilization_between_first_and_last_step": round(busy / span, 3),
+        "wall_split": {"fill_s": round(fill, 3), "device_span_s": round(span, 3), "drain_s": round(drain, 3),
+                       "device_idle_in_span_s": round(dev.idle_seconds, 3),
+                       "note": "fill: first batch's decode before the first step; drain: last batch's writes "
+                               "after the last step; idle: the host was late between steps"},
+        "host_ms_per_image": dict(host, note="host time per image by stage, summed over threads (decode and "
+                                             "resize in decode threads, loop and device wait on the runner's "
+                                             "thread, encode and write + fsync in writer threads)"),
+        "io_threads": report.extra.get("io_threads"),
+        "load_average_1m": round(os.getloadavg()[0], 2), "cpu_cores": os.cpu_count(),
         "wall_s": round(wall, 3), "device_busy_s": round(busy, 3),
         "model_params": {"compute_eff": COMPUTE_EFF, "mem_eff": MEM_EFF, "gap_s": GAP_S[setting],
                          "launch_s": LAUNCH_S if setting == "eager" else GRAPH_LAUNCH_S},
@@ -149,13 +161,17 @@ def run_simulation(device_key: str, models: tuple[str, ...], settings: tuple[str
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | setting | prec | batch | predicted images/s | goal | predicted device util. | device-bound images/s "
-            "| kernels/step | GB/image | device time: compute / memory / gaps |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | setting | prec | batch | images | predicted images/s | goal | predicted device util. (between first "
+            "and last step) | device-bound images/s | GB/image | device time: compute / memory / gaps "
+            "| host ms/image: decode+resize / loop / encode / write |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        split = r["device_time_split"]
-        lines.append(f"| {r['model']} | {r['setting']} | {r['precision']} | {r['batch']} | {r['predicted_images_per_s']} "
-                     f"| {r['goal_images_per_s']} | {r['predicted_device_utilization']} | {r['device_bound_images_per_s']} "
-                     f"| {r['per_image_step_work']['kernels_per_step']} | {r['per_image_step_work']['gb_moved']} "
-                     f"| {split['compute_bound_s']:.2f} / {split['memory_bound_s']:.2f} / {split['gaps_s']:.2f} |")
-    return "**simulated** (" + (rows[0]["device"] if rows else "") + ")\n\n" + "\n".join(lines)
+        split, h = r["device_time_split"], r["host_ms_per_image"]
+        lines.append(f"| {r['model']} | {r['setting']} | {r['precision']} | {r['batch']} | {r['images']} "
+                     f"| {r['predicted_images_per_s']} | {r['goal_images_per_s']} | {r['predicted_device_utilization']} "
+                     f"({r['device_utilization_between_first_and_last_step']}) | {r['device_bound_images_per_s']} "
+                     f"| {r['per_image_step_work']['gb_moved']} "
+                     f"| {split['compute_bound_s']:.2f} / {split['memory_bound_s']:.2f} / {split['gaps_s']:.2f} "
+                     f"| {h['decode'] + h['resize']:.1f} / {h['loop']:.1f} / {h['encode']:.1f} / {h['write']:.1f} |")
+    load = f", load average {rows[0]['load_average_1m']} on {rows[0]['cpu_cores']} cores" if rows else ""
+    return "**simulated** (" + (rows[0]["device"] if rows else "") + load + ")\n\n" + "\n".join(lines)

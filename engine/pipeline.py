@@ -1,7 +1,7 @@
 """The host side of the overlapped pipeline: bounded thread pools and per-stage host time.
 
 The runner's device loop hands work to two pools of threads: *decode* (read, DCT-scaled
-decode, uint8 resize, float conversion of the next batches) and *write* (encode, atomic
+decode, uint8 resize of the next batches; float conversion happens on the device) and *write* (encode, atomic
 write with fsync of finished images). Pillow, numpy's conversions and file I/O release the
 GIL, so on a machine with a few cores they run while the device thread steps. Each pool is
 bounded twice: a fixed number of threads, and a cap on the futures the runner keeps

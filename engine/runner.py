@@ -193,7 +193,7 @@ class DreamRunner:
             if isinstance(img, ImageLoadError):
                 emit(ImageRecord(item.path, item.rel, "failed", reason=str(img), worker=self.worker))
                 continue
-            tensors.append(img.pixels)
+            tensors.append(img.data)  # uint8 as decoded (8-bit sources): converted to float on the device
             alphas.append(img.alpha)
             ok.append(item)
             load_s.append(img.seconds["decode"] + img.seconds["resize"])

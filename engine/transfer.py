@@ -17,7 +17,8 @@ one batch while the next dreams).
 Backends that run on their own CUDA stream must join it back into torch's current stream
 before returning from ``step`` (TensorRT and ONNX Runtime do), so ordering on the current
 stream covers every backend. On CPU nothing is pinned and no stream exists; on the ``meta``
-device (simulated devices) the download returns zero images after the backend's own wait.
+device (simulated devices) the download hands back the last uploaded host pixels of that shape as
+uint8 (zeros if none): a stand-in for the dream, so writers encode a photo, not a black frame.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class HostTransfer:
         self._up: dict[tuple, tuple[torch.Tensor, object]] = {}  # (shape, dtype) -> (pinned buffer, copy done)
         self._down: dict[tuple, list] = {}  # shape -> ring of (pinned uint8 buffer, copy done)
         self._turn: dict[tuple, int] = {}
+        self._meta_src: dict[tuple, torch.Tensor] = {}  # meta device: shape -> last uploaded host pixels
         self.bytes_up = self.bytes_down = 0
 
     def upload(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,6 +78,8 @@ class HostTransfer:
             dev.record_stream(current)  # allocated on the side stream, consumed on the current one
         else:
             dev = x.to(self.device)
+            if self.device.type == "meta":
+                self._meta_src = {tuple(x.shape): x}
         return dev.float().div_(255.0) if dev.dtype == torch.uint8 else dev.float()
 
     @staticmethod
@@ -87,8 +91,11 @@ class HostTransfer:
         """Dreamed pixels [N,3,H,W] in [0,1] on the device -> Pending uint8 host results."""
         n_bytes = pixels.numel()
         self.bytes_down += n_bytes
-        if pixels.device.type == "meta":  # a simulated device: nothing to copy
-            return Pending(torch.zeros(pixels.shape, dtype=torch.uint8))
+        if pixels.device.type == "meta":  # a simulated device: nothing to copy; the input stands in for the dream
+            src = self._meta_src.get(tuple(pixels.shape))
+            if src is None:
+                return Pending(torch.zeros(pixels.shape, dtype=torch.uint8))
+            return Pending(src if src.dtype == torch.uint8 else self.quantize(src))
         q = self.quantize(pixels)  # [N,3,H,W] uint8, on the device
         if not self.cuda:
             return Pending(q.cpu())

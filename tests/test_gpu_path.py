@@ -107,6 +107,9 @@ def test_transfer_uint8_up_and_down_on_cpu():
     waited = []
     meta = tr.download(torch.empty(2, 3, 5, 7, device="meta")).wait(lambda: waited.append(1))
     assert waited == [1] and meta[0].shape == (3, 5, 7)  # a simulated device: its own wait, zeros back
+    sim = HostTransfer(torch.device("meta"))
+    sim.upload(u8)  # the simulated job's writers encode the input photo as the dream's stand-in
+    assert torch.equal(torch.stack(sim.download(torch.empty(2, 3, 5, 7, device="meta")).wait()), u8)
     with pytest.raises(ValueError, match="valid: uint8, float32"):
         tr.upload(torch.zeros(1, 3, 2, 2, dtype=torch.int32))
 
@@ -128,6 +131,20 @@ def test_roofline_counts_match_the_flop_counter_and_simulated_rows():
     t = {s: m.step_seconds(2, 64, 64) for s, m in sm.items()}
     assert t["fused"] < t["graphs"] < t["eager"]
     assert sm["graphs"].host_seconds(2, 64, 64) < sm["eager"].host_seconds(2, 64, 64)
+
+
+def test_fast_meta_kernels_keep_shapes_and_dtypes():
+    from dreamfleet.benchmarks.fastmeta import fast_meta_kernels
+
+    m = torch.device("meta")
+    z, g, s = torch.empty(2, 3, 8, 6, device=m), torch.empty(2, 3, 8, 6, device=m), torch.empty(2, 1, 1, 1, device=m)
+    lo, idx = torch.empty(1, 3, 1, 1, device=m), torch.arange(5, device=m)
+    cases = [lambda: torch.clamp(z, lo, lo), lambda: torch.addcdiv(z, g, s), lambda: torch.remainder(idx - 3, 5),
+             lambda: z.clamp(0.0, 1.0), lambda: F.interpolate(z, size=(11, 9), mode="bilinear", align_corners=False),
+             lambda: F.interpolate(z, size=(11, 9), mode="nearest")]
+    plain = [(c().shape, c().dtype) for c in cases]
+    with fast_meta_kernels():
+        assert [(c().shape, c().dtype) for c in cases] == plain
 
 
 def test_simulated_bench_row(tmp_path):

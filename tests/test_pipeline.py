@@ -106,6 +106,17 @@ def test_windows_bound_outstanding_work(tmp_path, monkeypatch):
     assert not w.full()
 
 
+def test_8bit_inputs_go_to_the_device_as_uint8(tmp_path, monkeypatch):
+    from dreamfleet.engine.transfer import HostTransfer
+
+    _inputs(tmp_path / "in", n=3)
+    dtypes = []
+    real = HostTransfer.upload
+    monkeypatch.setattr(HostTransfer, "upload", lambda self, x: (dtypes.append(x.dtype), real(self, x))[1])
+    rep = run_job(_cfg(io_threads=1), [str(tmp_path / "in")], tmp_path / "out", _factory, progress=False)
+    assert rep.counts()["done"] == 4 and dtypes and set(dtypes) == {torch.uint8}  # 1/4 the bytes; /255 on the device
+
+
 def test_io_threads_resolution():
     assert resolve_io_threads(3, 8) == 3 and resolve_io_threads(0, 4) == 4 and resolve_io_threads(-1) == -1
     assert resolve_io_threads(0, 0) >= 1
