@@ -138,8 +138,11 @@ def dream_steps(base: torch.Tensor, cfg: DreamConfig, spec: ModelSpec, keys: lis
 
 
 def dream_tensor(backend: Backend, images: torch.Tensor, cfg: DreamConfig, spec: ModelSpec,
-                 keys: list[str]) -> torch.Tensor:
-    """images[N,3,H,W] pixels in [0,1] -> dreamed pixels [N,3,H,W] in [0,1]."""
-    space = ImageSpace.create(spec, cfg, images.device, images.dtype)
+                 keys: list[str], space: ImageSpace | None = None) -> torch.Tensor:
+    """images[N,3,H,W] pixels in [0,1] -> dreamed pixels [N,3,H,W] in [0,1].
+
+    ``space``: made once by a caller that dreams many batches (its creation copies to the device, blocking).
+    """
+    space = space or ImageSpace.create(spec, cfg, images.device, images.dtype)
     z = dream_normalized(backend, space.to_model(images), cfg, spec, keys, space)
     return space.to_pixels(z).clamp(0.0, 1.0)

@@ -2,13 +2,14 @@
 
 ``HostTransfer.upload(x)`` takes a host batch ``x[N,3,H,W]`` of uint8 pixels (0-255) or float
 pixels in [0,1]; on CUDA it stages it in a pinned host buffer kept per (shape, dtype), copies
-it with ``non_blocking=True`` on a side stream, and makes torch's current stream wait for that
+it with ``non_blocking=True`` on an upload side stream, and makes torch's current stream wait for that
 copy (the device never waits for the host). uint8 becomes float in [0,1] *on the device*; the
 model normalization follows on the device in the loop (``ImageSpace.to_model``).
 
 ``download(pixels)`` quantizes the dreamed pixels ``[N,3,H,W]`` in [0,1] to uint8 on the device
 (round half up, exactly what ``imageio.save_image`` does to floats), copies them to a pinned
-host buffer on the side stream once the compute stream is done, and returns a ``Pending``:
+host buffer on a download side stream (not the upload one: the next batch's upload must not queue
+behind this batch's compute) once the compute stream is done, and returns a ``Pending``:
 ``Pending.wait()`` is the batch's one host sync (an event), then hands out per-image uint8
 ``[3,H,W]`` host tensors. Download buffers rotate in a ring of ``depth`` per shape: results
 stay valid until ``depth`` more downloads of the same shape (enough for a pipeline that saves
@@ -48,7 +49,10 @@ class HostTransfer:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.device, self.depth = torch.device(device), depth
         self.cuda = self.device.type == "cuda"
-        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        # one side stream each way: an upload queued behind a download would wait for that download's batch to
+        # finish computing, and the next batch could not start until its pixels were copied after it
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None  # uploads
+        self.down_stream = torch.cuda.Stream(self.device) if self.cuda else None  # downloads
         self._up: dict[tuple, tuple[torch.Tensor, object]] = {}  # (shape, dtype) -> (pinned buffer, copy done)
         self._down: dict[tuple, list] = {}  # shape -> ring of (pinned uint8 buffer, copy done)
         self._turn: dict[tuple, int] = {}
@@ -107,11 +111,11 @@ class HostTransfer:
             ring.append((torch.empty(q.shape, dtype=torch.uint8, pin_memory=True), None))
         slot = turn % len(ring)
         host, _ = ring[slot]
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            q.record_stream(self.stream)
+        self.down_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.down_stream):
+            q.record_stream(self.down_stream)
             host.copy_(q, non_blocking=True)
             done = torch.cuda.Event()
-            done.record(self.stream)
+            done.record(self.down_stream)
         ring[slot] = (host, done)
         return Pending(host, done)

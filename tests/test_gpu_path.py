@@ -267,6 +267,22 @@ def test_cuda_transfer_round_trip_pinned_and_async():
 
 @pytest.mark.gpu
 @CUDA_ONLY
+def test_cuda_upload_does_not_queue_behind_the_previous_batchs_download():
+    """The runner uploads batch k+1 after queuing batch k's download: that copy must not wait for k's compute."""
+    cuda = torch.device("cuda")
+    tr = HostTransfer(cuda)
+    u8 = torch.randint(0, 256, (2, 3, 16, 24), dtype=torch.uint8)
+    out = tr.upload(u8)
+    torch.cuda._sleep(1 << 30)  # batch k: a long kernel on the compute stream (~0.5-1 s)
+    pending = tr.download(out)  # k's results, copied once k is done
+    tr.upload(u8)  # batch k+1's pixels
+    _, copied = tr._up[(tuple(u8.shape), torch.uint8)]
+    copied.synchronize()
+    assert not torch.cuda.current_stream(cuda).query()  # k+1's pixels arrived while k still computes
+    assert torch.equal(torch.stack(pending.wait()), u8)
+
+@pytest.mark.gpu
+@CUDA_ONLY
 def test_cuda_precision_auto_and_bf16_cast_once():
     cuda = torch.device("cuda")
     expected = "bf16" if torch.cuda.get_device_capability(cuda)[0] >= 8 else "fp32"

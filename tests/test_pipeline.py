@@ -209,3 +209,59 @@ def test_cuda_two_batches_in_flight_match_cpu(tmp_path):
         outs[dev] = {r.rel: np.asarray(Image.open(r.output), dtype=np.int16) for r in rep.records if r.output}
     for rel, arr in outs["cpu"].items():
         assert np.abs(arr - outs["cuda"][rel]).max() <= 2, rel
+
+
+def _items(folder, hws):
+    from dreamfleet.engine.runner import WorkItem
+
+    folder.mkdir(exist_ok=True)
+    items = []
+    for i, (h, w, bits) in enumerate(hws):
+        p = folder / f"m{i}.png"
+        arr = np.asarray(_photo(h, w, i))
+        if bits == 16:  # a 16-bit grayscale source: the full-precision float path
+            Image.fromarray(arr[..., 0].astype(np.uint16) * 257).save(p)
+        else:
+            Image.fromarray(arr).save(p)
+        items.append(WorkItem(str(p), p.name, str(folder / f"o{i}.png"), (h, w)))
+    return items
+
+
+def test_8bit_batches_upload_uint8_and_mixed_batches_upload_float(tmp_path):
+    from dreamfleet.engine.runner import DreamRunner
+
+    runner = DreamRunner(_cfg(io_threads=1, batch_size=4), _factory)
+    try:
+        recs = runner.process(_items(tmp_path / "a", [(32, 48, 8)] * 4))
+        assert [r.status for r in recs] == ["done"] * 4
+        assert runner.transfer.bytes_up == 4 * 3 * 32 * 48  # one byte per value: decoded uint8, not float32
+        runner.transfer.bytes_up = 0
+        recs = runner.process(_items(tmp_path / "b", [(32, 48, 8), (32, 48, 16), (32, 48, 8)]))
+        assert [r.status for r in recs] == ["done"] * 3  # 16-bit among 8-bit: the batch goes up as float32
+        assert runner.transfer.bytes_up == 3 * 3 * 32 * 48 * 4
+    finally:
+        runner.close()
+
+
+def test_runner_makes_its_image_space_once_not_per_batch(tmp_path, monkeypatch):
+    """ImageSpace.create copies host values to the device (blocking: on CUDA a stream sync that would wait
+    for the batch in flight), so the runner makes it once and every batch, split retries included, reuses it."""
+    from dreamfleet.engine import runner as runner_mod
+    from dreamfleet.engine.space import ImageSpace
+
+    class _FailsOnFour(_SinBackend):  # a batch of 4 fails: the split-and-retry path dreams the halves
+        def step(self, x):
+            if x.shape[0] == 4:
+                raise RuntimeError("poison batch")
+            return super().step(x)
+
+    runner = runner_mod.DreamRunner(_cfg(io_threads=1, batch_size=4), lambda dm, cfg, dev: _FailsOnFour())
+    calls = []
+    real = ImageSpace.create
+    monkeypatch.setattr(ImageSpace, "create", classmethod(lambda cls, *a: calls.append(a) or real(*a)))
+    try:
+        recs = runner.process(_items(tmp_path / "a", [(32, 48, 8)] * 6 + [(48, 32, 8)] * 2))
+    finally:
+        runner.close()
+    assert [r.status for r in recs] == ["done"] * 8
+    assert calls == []
