@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +24,9 @@ from dreamfleet.engine.objectives import GUIDED_KINDS
 from dreamfleet.engine.step import objective_and_grad
 from dreamfleet.engine.weights import state_hash
 
+from .cache import cache_dir
 from .graph import INPUT_NAME, OUTPUT_NAMES, to_onnx, trace_gradient
+from .ort_session import make_session
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,6 @@ def export_gradient_onnx(dm: DreamModel, path: str | Path, precision: str = "fp3
 def parity(path: str | Path, dm: DreamModel, shape: tuple[int, int, int] = (2, 64, 72), precision: str = "fp32",
            seed: int = 0) -> dict:
     """ONNX Runtime (CPU) vs PyTorch autograd at one step on a random batch of ``shape`` = (N, H, W)."""
-    from .ort_backend import make_session
 
     n, h, w = shape
     gen = torch.Generator().manual_seed(seed)
@@ -158,12 +158,6 @@ def compare(obj: torch.Tensor, grad: torch.Tensor, ref_obj: torch.Tensor, ref_gr
     cos = (g @ r / (g.norm() * r.norm()).clamp_min(1e-300)).item()
     obj_rel = ((obj.double() - ref_obj.double()).abs().max() / ref_obj.double().abs().max().clamp_min(1e-300)).item()
     return {"rel_l2": rel, "cosine": cos, "objective_rel": obj_rel}
-
-
-def cache_dir() -> Path:
-    """``$DREAMFLEET_CACHE/onnx`` or ``~/.cache/dreamfleet/onnx``."""
-    root = os.environ.get("DREAMFLEET_CACHE") or Path.home() / ".cache" / "dreamfleet"
-    return Path(root) / "onnx"
 
 
 def cache_key(meta: dict[str, str]) -> str:

@@ -33,8 +33,8 @@ import torch
 from dreamfleet.engine.atomic import atomic_write, file_digest
 from dreamfleet.engine.backends.base import Backend
 
+from .cache import cache_root
 from .graph import INPUT_NAME, OUTPUT_NAMES
-from .onnx_export import cache_dir as onnx_cache_dir
 from .onnx_export import cached_export, check_metadata, expected_metadata, read_metadata
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def engine_cache_key(onnx_sha: str, shapes: list[tuple[int, int, int]], precisio
 
 
 def engine_cache_dir() -> Path:
-    return onnx_cache_dir().parent / "trt"
+    return cache_root() / "trt"
 
 
 def timing_cache_path(trt_version: str, gpu: str) -> Path:
