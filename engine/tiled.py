@@ -8,9 +8,10 @@ rolled octave the scheduler answers:
 - an octave that fits one window (both sides <= S = tile + 2 * overlap) runs untiled, batched
   with in-flight images of the same shape, exactly as the untiled loop would run it;
 - a larger octave is cut into windows (``engine.tiling``); the tiles join one FIFO queue shared
-  by every image in flight and run ``batch_size`` at a time as x[N,3,S,S] (a short batch is
-  zero-filled to N, so every tile batch of a job has one shape: what TensorRT profiles and CUDA
-  graphs want). Each tile's core is written into the image's gradient; when the image's last
+  by every image in flight and run ``batch_size`` at a time as x[N,3,S,S]. For a fixed-shape
+  backend (TensorRT, compile, anything on CUDA: :func:`pads_short_batches`) a short batch is
+  zero-filled to N, so every tile batch of a job has one shape; eager and onnxruntime on CPU
+  run it short (x[n,3,S,S], n < N) instead of computing empty slots. Each tile's core is written into the image's gradient; when the image's last
   tile is back its step completes and it asks for the next gradient.
 
 So tiles of different images and octaves share batches, and the model never sees more than
@@ -46,19 +47,36 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
-def bound_host_allocator() -> bool:
-    """glibc: allocations of 1 MiB and more by mmap, freed heap trimmed above 1 MiB. Process-wide.
+def bound_host_allocator(threshold: int = 8 << 20) -> bool:
+    """glibc: allocations of ``threshold`` (8 MiB) and more by mmap, freed heap trimmed above it. Process-wide.
 
-    Without it the allocator keeps a tile batch's freed activations in its free lists, and the
-    next batches fragment them: the 2400x1600 benchmark's peak RSS grew 2.66 -> 3.04 GiB over
-    its batches; with it every batch's memory goes back to the OS (measured 2.60 GiB, flat).
+    glibc's default (mmap from 32 MiB, raised dynamically) keeps a tile batch's freed activations
+    in its free lists and the next batches fragment them: the 2400x1600 benchmark's peak RSS grew
+    to 3.0 GiB (0.58x untiled). Every mmap'd block costs page faults each time it is touched
+    again, though, and a tile batch allocates gigabytes: at 1 MiB the same run took 2.5-3x the
+    time of 32 MiB (measured 135 s vs 46 s dream; 8 MiB 87 s at 2.56 GiB, 16 MiB 66 s at 2.76 GiB).
+    8 MiB keeps the peak at the untiled run's 0.49x; the activations under 8 MiB are reused.
     Returns False where there is no glibc (nothing changes).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 20))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+
+
+# backends that run any batch size at no extra cost on CPU: a short tile batch is not zero-filled for them
+SHAPE_FLEXIBLE = ("eager", "onnxruntime")
+
+
+def pads_short_batches(backend) -> bool:
+    """True when a short tile batch must be zero-filled to the job's one tile shape.
+
+    Fixed-shape backends (TensorRT profiles, compile graphs, CUDA graphs, cuDNN's per-shape
+    search) want one shape; eager and onnxruntime on CPU gain nothing from it and would spend
+    up to (N - 1) / N of a batch computing zeros.
+    """
+    return not (backend.device.type == "cpu" and backend.name in SHAPE_FLEXIBLE)
 
 
 def split_tiled(items: list[WorkItem], cfg: DreamConfig) -> tuple[list[WorkItem], list[WorkItem]]:
@@ -96,6 +114,7 @@ class TileScheduler:
         self.untiled: list[_Flight] = []
         self.flights: list[_Flight] = []
         self.tile_batches = self.tile_slots_filled = 0
+        self.pad_batches = pads_short_batches(self.backend)
         if runner.device.type == "cpu":
             bound_host_allocator()
 
@@ -211,11 +230,13 @@ class TileScheduler:
 
     def _tile_batch(self, chunk: list[tuple[_Flight, Window]]) -> None:
         s = self.side
-        x = torch.zeros(self.batch, 3, s, s, device=self.runner.device, dtype=self.runner.dtype)  # [N,3,S,S]
+        n = self.batch if self.pad_batches else len(chunk)
+        x = torch.empty(n, 3, s, s, device=self.runner.device, dtype=self.runner.dtype)  # [n,3,S,S]
         for j, (f, win) in enumerate(chunk):
             x[j] = cut(f.padded, win, s)[0]
+        x[len(chunk):] = 0.0  # zero-filled slots of a padded short batch
         try:
-            _, g = self.backend.step(x)  # [N,3,S,S]
+            _, g = self.backend.step(x)  # [n,3,S,S]
         except Exception as exc:  # noqa: BLE001
             reason = f"{type(exc).__name__}: {exc}"
         else:

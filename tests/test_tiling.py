@@ -212,3 +212,27 @@ def test_compile_backend_runs_the_planned_tile_shape(tmp_path, monkeypatch):
         runner.close()
         outs.append(saved[item.output])
     assert np.abs(outs[0] - outs[1]).max() < 1e-4
+
+
+class EagerRecorder(Recorder):
+    name = "eager"  # shape-flexible on CPU: the scheduler runs short tile batches short
+
+
+def test_short_tile_batches_are_zero_filled_only_for_fixed_shape_backends(tmp_path, monkeypatch, fast_overrides):
+    """Same dream (fp64) whether a short tile batch is zero-filled (fixed-shape) or run short (eager on CPU)."""
+    assert tiled_mod.pads_short_batches(Recorder(None)) and not tiled_mod.pads_short_batches(EagerRecorder(None))
+    cfg = make_config(overrides=dict(fast_overrides, layer="inception3a", precision="fp64", tile=64, tile_overlap=16,
+                                     max_side=0, octaves=2, batch_size=3))
+    item = WorkItem(str(_write(tmp_path / "a.png", 200, 150)), "a.png", str(tmp_path / "o.png"), (200, 150))
+    side, outs, seen = window_side(64, 16), [], []
+    for kind in (Recorder, EagerRecorder):
+        runner = DreamRunner(cfg, create_backend)
+        runner.backend = rec = kind(runner.backend)
+        saved = _capture(monkeypatch)
+        sched = TileScheduler(runner, lambda r: None)
+        sched.run([item])
+        outs.append(saved[item.output])
+        seen.append([n for n, h, w in rec.seen if (h, w) == (side, side)])
+        assert sum(seen[-1]) == (sched.tile_batches * 3 if kind is Recorder else sched.tile_slots_filled)
+    assert set(seen[0]) == {3} and min(seen[1]) < 3 and max(seen[1]) == 3  # the eager run had short batches
+    assert np.abs(outs[0] - outs[1]).max() < 1e-9
