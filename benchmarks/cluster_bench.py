@@ -42,14 +42,19 @@ def figures(report) -> dict:
             "images_per_s": t["images_per_s"], "images_per_s_steady": t["images_per_s_steady"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=32)
+def add_job_arguments(ap: argparse.ArgumentParser, images: int, iterations: int) -> None:
+    """The small generated job these benchmarks dream: count, size, pyramid, batch, model."""
+    ap.add_argument("--images", type=int, default=images)
     ap.add_argument("--max-side", type=int, default=128)
-    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--iterations", type=int, default=iterations)
     ap.add_argument("--octaves", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--model", default="bvlc_googlenet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_job_arguments(ap, images=32, iterations=4)
     ap.add_argument("--threads-per-worker", type=int, default=1)
     ap.add_argument("--inproc-threads", default="0",
                     help="comma-separated torch thread counts for in-process runs; 0 = torch's default (default: 0)")

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cluster_bench import add_job_arguments, figures, make_job
+
 RESULTS = Path(__file__).resolve().parent / "results" / "storage_cpu.jsonl"
 
 
@@ -47,12 +49,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=24)
-    ap.add_argument("--max-side", type=int, default=128)
-    ap.add_argument("--iterations", type=int, default=2)
-    ap.add_argument("--octaves", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--model", default="bvlc_googlenet")
+    add_job_arguments(ap, images=24, iterations=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -60,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    from benchmarks.cluster_bench import figures, make_job
     from dreamfleet.backends import create_backend
     from dreamfleet.engine.config import config_to_dict, make_config
     from dreamfleet.engine.job import run_job
