@@ -10,10 +10,10 @@ TORCH_GPU_INDEX ?= https://download.pytorch.org/whl/cu126
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev,cluster,charts,s3,ort]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cluster,charts,s3,ort]'
 	touch $(STAMP)
 
 # GPU machines: torch with CUDA, onnxruntime-gpu in place of onnxruntime, Ray. One command: make setup-gpu
