@@ -21,7 +21,7 @@ setup-gpu:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 --index-url $(TORCH_GPU_INDEX)
 	-$(PY) -m pip uninstall --quiet -y onnxruntime
-	$(PY) -m pip install --quiet -e '.[dev,cluster,charts,ort-gpu]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cluster,charts,ort-gpu]'
 	$(PY) -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), '| onnxruntime', o.__version__, o.get_available_providers())"
 	touch $(STAMP)
 
