@@ -10,7 +10,6 @@ versions and device to ``benchmarks/results/cluster_cpu.jsonl``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .rows import append_rows
 
 log = logging.getLogger("dreamfleet.bench.cluster")
 
@@ -110,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, val in row.items():
         if key.startswith("ratio_"):
             print(f"{key}: {val}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
+    append_rows(args.results, [row])
     print(f"row appended to {args.results}")
     return 0
 

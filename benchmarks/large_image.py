@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import hardware
+from .rows import append_rows
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             dream_ratio=round(best(name, "dream_s") / best("untiled", "dream_s"), 3),
             load_avg_before=[round(v, 2) for v in load_before], load_avg_after=[round(v, 2) for v in os.getloadavg()],
             env=hardware.environment(torch.device("cpu")), timestamp=hardware.now_utc()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "large_image.jsonl", "a") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
+    append_rows(RESULTS / "large_image.jsonl", rows)
     (RESULTS / "large_image.md").write_text(table([json.loads(line) for line in
                                                    (RESULTS / "large_image.jsonl").read_text().splitlines()]))
     print(table(rows))

@@ -19,7 +19,6 @@ figure is **simulated**. One JSON row goes to ``benchmarks/results/pipeline_cpu.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 
 from .hardware import git_commit
+from .rows import append_rows
 from .simdevice import SimulatedDeviceBackend, per_image_time
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,7 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
                     "loadavg_after": os.getloadavg()})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with open(results, "a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
+    append_rows(results, [row])
     return row
 
 

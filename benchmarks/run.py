@@ -22,6 +22,7 @@ from dreamfleet.engine.backends.eager import resolve_device
 from . import flops, hardware, report
 from .harness import Case, Job, measure, not_run_row
 from .profiles import ALL_BACKENDS, get_profile
+from .rows import append_rows
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,7 @@ def run_benchmarks(profile: str = "quick", device: str = "auto", out_dir: str | 
             r["speedup_vs_seed"] = round(r["images_per_s"] / seed_row["images_per_s"], 3)
             r["seed_case"] = seed_row["case"]  # timed interleaved with it, in this run
     name = f"{dev.type}.jsonl" if profile == "quick" else f"{dev.type}_{profile}.jsonl"
-    with open(out / name, "a") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, default=str) + "\n")
+    append_rows(out / name, rows)
     log.info("%d rows appended to %s", len(rows), out / name)
     bounds_path = out / "bounds.json"
     if bounds and not bounds_path.exists():

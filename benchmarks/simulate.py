@@ -13,7 +13,6 @@ device time goes (compute-bound kernels, memory-bound kernels, inter-kernel gaps
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from .rows import append_rows
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,7 @@ def run_simulation(device_key: str, models: tuple[str, ...], settings: tuple[str
                 row = simulate_case(device_key, model, setting, batch, images, precision, Path(tmp))
                 log.info("%s", row)
                 rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"simulated_{device_key}.jsonl", "a") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+    append_rows(out / f"simulated_{device_key}.jsonl", rows, sort_keys=True)
     return rows
 
 

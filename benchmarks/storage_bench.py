@@ -12,7 +12,6 @@ versions and device is appended to ``benchmarks/results/storage_cpu.jsonl``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from .cluster_bench import add_job_arguments, figures, make_job
+from .rows import append_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "storage_cpu.jsonl"
 
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"S3 adds {io_extra * 1e3:.1f} ms of load+save per image = "
           f"{100 * row['s3_extra_io_share_of_local_image_time']:.1f}% of a local image's time; planning "
           f"{row['local']['median_plan_s']:.2f}s local vs {row['s3']['median_plan_s']:.2f}s S3")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
+    append_rows(args.results, [row])
     print(f"row appended to {args.results}")
     return 0
 

@@ -14,7 +14,6 @@ Rows are appended to ``results/tile_error.jsonl``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from dreamfleet.engine.models import list_models
 
 from . import hardware
+from .rows import append_rows
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         new = measure_model(model, args.tile, (w, h), overlaps, args.batch)
-        with open(args.out, "a") as fh:
-            for r in new:
-                fh.write(json.dumps(r) + "\n")
+        append_rows(args.out, new)
         rows += new
     print(table(rows))
     return 0
