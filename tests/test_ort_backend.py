@@ -77,17 +77,23 @@ def test_cuda_provider_needs_onnxruntime_gpu():
         providers_for("mps")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_io_binding_matches_cpu(request, tmp_path_factory):
+@pytest.fixture
+def cpu_and_cuda_backends(request, tmp_path_factory):
+    """The exported bvlc_googlenet graph on ONNX Runtime CPU and CUDA; skips without CUDA or onnxruntime-gpu."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu not installed")
-    dm, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
+    _, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
+    return OnnxRuntimeBackend(path, torch.device("cpu")), OnnxRuntimeBackend(path, torch.device("cuda"))
+
+
+@pytest.mark.gpu
+def test_cuda_io_binding_matches_cpu(cpu_and_cuda_backends):
+    cpu, gpu = cpu_and_cuda_backends
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
-    cpu = OnnxRuntimeBackend(path, torch.device("cpu"))
-    gpu = OnnxRuntimeBackend(path, torch.device("cuda"))
     _, g_gpu = gpu.step(x.cuda())
     assert g_gpu.is_cuda
     fig = compare(*gpu.step(x.cuda()), *cpu.step(x))
@@ -95,15 +101,8 @@ def test_cuda_io_binding_matches_cpu(request, tmp_path_factory):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_prepared_session_reuses_bindings_and_graphs(request, tmp_path_factory):
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime-gpu not installed")
-    dm, path = exported(request.config, tmp_path_factory, "bvlc_googlenet")
-    cpu = OnnxRuntimeBackend(path, torch.device("cpu"))
-    gpu = OnnxRuntimeBackend(path, torch.device("cuda"))
+def test_cuda_prepared_session_reuses_bindings_and_graphs(cpu_and_cuda_backends):
+    cpu, gpu = cpu_and_cuda_backends
     assert not gpu.use_trt_provider and "TensorrtExecutionProvider" not in gpu.providers  # only with --ort-trt
     gpu.prepare([(2, 64, 80), (1, 48, 48)])
     binding = gpu.bindings[(2, 64, 80)][0]
