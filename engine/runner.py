@@ -127,11 +127,9 @@ class DreamRunner:
         """x[N,3,H,W] -> per image (result[3,H,W] or None, failure reason); splits failing batches."""
         try:
             t0 = time.perf_counter()
-            x_dev = self.transfer.upload(x).to(self.dtype)
-            out = dream_tensor(self.backend, x_dev, self.cfg, self.dm.spec, keys, self.space)
-            pending = self.transfer.download(out)  # uint8 [N,3,H,W], quantized on the device
+            _, pending, fence = self._queue(x, keys)
             t1 = time.perf_counter()
-            host = self._host_results(pending, self.backend.fence())  # the one wait on the device per batch
+            host = self._host_results(pending, fence)  # the one wait on the device per batch
             self.stages.add("loop", t1 - t0, len(keys))
             self.stages.add("device_wait", time.perf_counter() - t1, len(keys))
             return [(o, None) for o in host]
@@ -139,6 +137,16 @@ class DreamRunner:
             reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
         # retried outside the except block: its traceback would keep the failed batch's tensors alive
         return self._split(x, keys, reason, oom)
+
+    def _queue(self, x: torch.Tensor, keys: list[str]) -> tuple:
+        """Queue a host batch x[N,3,H,W] on the device without waiting: upload (pinned, uint8 on the wire, /255 on
+        the device), every step, the uint8 download (quantized on the device, non-blocking), then a fence.
+
+        Returns (dreamed pixels [N,3,H,W] on the device, transfer.Pending, Backend fence)."""
+        out = dream_tensor(self.backend, self.transfer.upload(x).to(self.dtype), self.cfg, self.dm.spec, keys,
+                           self.space)
+        pending = self.transfer.download(out)
+        return out, pending, self.backend.fence()
 
     def _host_results(self, pending, fence) -> list[torch.Tensor]:
         """The batch's one wait: on CUDA the download's event (it follows the compute on the stream), elsewhere
@@ -211,10 +219,7 @@ class DreamRunner:
         """Queue every step of ``b`` and its copy to the host, then a fence; no sync (errors surface in ``_land``)."""
         b.t0 = time.perf_counter()
         try:
-            x = self.transfer.upload(b.x).to(self.dtype)  # pinned, uint8 on the wire; /255 on the device
-            b.out = dream_tensor(self.backend, x, self.cfg, self.dm.spec, b.keys, self.space)
-            b.pending = self.transfer.download(b.out)  # quantized to uint8 on the device, copied non-blocking
-            b.fence = self.backend.fence()
+            b.out, b.pending, b.fence = self._queue(b.x, b.keys)
         except Exception as exc:  # a poison image, OOM, a backend error: redone with splitting in _land
             b.error = exc
         self.stages.add("loop", time.perf_counter() - b.t0, len(b.items))
