@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .config import DreamConfig
-from .imageio import ImageLoadError, load_image, save_image
+from .imageio import ImageLoadError
 from .loop import StepGen, dream_steps
 from .report import ImageRecord
-from .sizing import to_tensor
 from .space import ImageSpace
 from .tiling import Window, cut, needs_tiling, pad_to_window, put_core, tile_grid, window_side
 
@@ -136,12 +135,11 @@ class TileScheduler:
     # --- images in and out ---
     def _admit(self, item: WorkItem) -> None:
         t0 = time.perf_counter()
-        try:
-            img = load_image(item.path, self.cfg.max_pixels, self.runner.storage)
-        except ImageLoadError as exc:
-            self.emit(ImageRecord(item.path, item.rel, "failed", reason=str(exc), worker=self.runner.worker))
+        img = self.runner.load_input(item)  # the runner's decode path: untiled and tiled images decode alike
+        if isinstance(img, ImageLoadError):
+            self.emit(ImageRecord(item.path, item.rel, "failed", reason=str(img), worker=self.runner.worker))
             return
-        x = to_tensor(img.rgb, item.hw)[None].to(self.runner.device, self.runner.dtype)  # [1,3,H,W] pixels
+        x = img.pixels[None].to(self.runner.device, self.runner.dtype)  # [1,3,H,W] pixels
         steps = dream_steps(self.space.to_model(x), self.cfg, self.runner.dm.spec, [item.rel], self.space)
         del x
         flight = _Flight(item, img.alpha, steps, time.perf_counter() - t0, time.perf_counter())
@@ -173,17 +171,7 @@ class TileScheduler:
         item = f.item
         out = self.space.to_pixels(z).clamp(0.0, 1.0)[0].float().cpu()  # [3,H,W]
         timings = {"load": round(f.load_s, 4), "dream": round(time.perf_counter() - f.t0, 4)}
-        t1 = time.perf_counter()
-        try:
-            save_image(item.output, out.permute(1, 2, 0).numpy(), f.alpha, dict(self.runner.metadata, input=item.rel),
-                       storage=self.runner.storage)
-        except Exception as exc:  # noqa: BLE001 - disk full, permissions
-            self.emit(ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
-                                  shape=list(item.hw), timings=timings, worker=self.runner.worker, retryable=True))
-            return
-        timings["save"] = round(time.perf_counter() - t1, 4)
-        self.emit(ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw), timings=timings,
-                              worker=self.runner.worker))
+        self.emit(self.runner.write_output(item, out, f.alpha, timings))  # the runner's encode + atomic write
 
     def _fail(self, f: _Flight, reason: str) -> None:
         log.warning("dream failed for %s: %s", f.item.rel, reason)

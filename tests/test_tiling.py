@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import dreamfleet.engine.runner as runner_mod
 import dreamfleet.engine.tiled as tiled_mod
 from dreamfleet.backends import create_backend
 from dreamfleet.engine.backends.base import Backend
@@ -93,7 +94,11 @@ def _write(path, h, w, seed=0):
 
 def _capture(monkeypatch) -> dict:
     saved: dict = {}
-    monkeypatch.setattr(tiled_mod, "save_image", lambda path, rgb, alpha, meta, **kw: saved.__setitem__(str(path), rgb))
+    def encode(path, rgb, alpha, meta):  # what the runner's writer would encode; nothing real is written
+        saved[str(path)] = rgb
+        return b""
+
+    monkeypatch.setattr(runner_mod, "encode_image", encode)
     return saved
 
 
