@@ -12,6 +12,7 @@ import logging
 import sys
 
 from dreamfleet.engine.config import config_to_dict
+from dreamfleet.engine.hostmem import enable_huge_pages
 from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
 
 log = logging.getLogger("dreamfleet")
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    enable_huge_pages()  # before anything imports torch: PyTorch reads it once (engine/hostmem.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .backends.base import Backend
+from .backends.base import Backend, is_oom
 from .backends.eager import loop_dtype, resolve_device
 from .build import DreamModel, build_dream_model_for
 from .config import DreamConfig
@@ -69,10 +69,6 @@ class _Batch:
     @property
     def keys(self) -> list[str]:
         return [i.rel for i in self.items]
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class DreamRunner:

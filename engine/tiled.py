@@ -7,21 +7,23 @@ rolled octave the scheduler answers:
 
 - an octave that fits one window (both sides <= S = tile + 2 * overlap) runs untiled, batched
   with in-flight images of the same shape, exactly as the untiled loop would run it;
-- a larger octave is cut into windows (``engine.tiling``); the tiles join one FIFO queue shared
-  by every image in flight and run ``batch_size`` at a time as x[N,3,S,S]. For a fixed-shape
-  backend (TensorRT, compile, anything on CUDA: :func:`pads_short_batches`) a short batch is
-  zero-filled to N, so every tile batch of a job has one shape; eager and onnxruntime on CPU
-  run it short (x[n,3,S,S], n < N) instead of computing empty slots. Each tile's core is written into the image's gradient; when the image's last
-  tile is back its step completes and it asks for the next gradient.
+- a larger octave is cut into S x S windows (``engine.tiling``); the tiles join one FIFO queue
+  shared by every image in flight and run ``batch_size`` at a time as x[N,3,S,S]. For a
+  fixed-shape backend (TensorRT, compile, anything on CUDA: :func:`pads_short_batches`) a short
+  batch is zero-filled to N, so every tile batch of a job has one shape; eager and onnxruntime
+  on CPU run it short (x[n,3,S,S], n < N) instead of computing empty slots. Each tile's core is
+  written into the image's gradient; when the image's last tile is back its step completes and
+  it asks for the next gradient.
 
 So tiles of different images and octaves share batches, and the model never sees more than
 N x S x S pixels at once, whatever the image size. Images are decoded (admitted) while the
-queue holds less than one batch of tiles, at most ``batch_size`` at a time. A batch that fails
-is retried per image; an image that fails alone becomes a failure record, the rest go on.
+queue holds less than one batch of tiles, at most ``batch_size`` at a time. A tile batch that
+runs out of device memory halves the tile batch size for the rest of the job and is requeued
+(as the runner halves a bucket); any other failing batch is retried per image; an image that
+fails alone becomes a failure record, the rest go on.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from collections import defaultdict, deque
@@ -30,7 +32,9 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .backends.base import is_oom
 from .config import DreamConfig
+from .hostmem import bound_host_allocator
 from .imageio import ImageLoadError
 from .loop import StepGen, dream_steps
 from .report import ImageRecord
@@ -41,27 +45,6 @@ if TYPE_CHECKING:
     from .runner import DreamRunner, WorkItem
 
 log = logging.getLogger(__name__)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-
-
-def bound_host_allocator(threshold: int = 8 << 20) -> bool:
-    """glibc: allocations of ``threshold`` (8 MiB) and more by mmap, freed heap trimmed above it. Process-wide.
-
-    glibc's default (mmap from 32 MiB, raised dynamically) keeps a tile batch's freed activations
-    in its free lists and the next batches fragment them: the 2400x1600 benchmark's peak RSS grew
-    to 3.0 GiB (0.58x untiled). Every mmap'd block costs page faults each time it is touched
-    again, though, and a tile batch allocates gigabytes: at 1 MiB the same run took 2.5-3x the
-    time of 32 MiB (measured 135 s vs 46 s dream; 8 MiB 87 s at 2.56 GiB, 16 MiB 66 s at 2.76 GiB).
-    8 MiB keeps the peak at the untiled run's 0.49x; the activations under 8 MiB are reused.
-    Returns False where there is no glibc (nothing changes).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
 
 
 # backends that run any batch size at no extra cost on CPU: a short tile batch is not zero-filled for them
@@ -226,13 +209,21 @@ class TileScheduler:
         try:
             _, g = self.backend.step(x)  # [n,3,S,S]
         except Exception as exc:  # noqa: BLE001
-            reason = f"{type(exc).__name__}: {exc}"
+            reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
         else:
             self.tile_batches += 1
             self.tile_slots_filled += len(chunk)
             for j, (f, win) in enumerate(chunk):
                 put_core(f.grad, g[j:j + 1], win)
                 f.waiting -= 1
+            return
+        del x
+        if oom and self.batch > 1:  # out of memory: smaller tile batches from now on, this one requeued
+            self.batch = max(1, n // 2)
+            if self.runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("tile batch of %d ran out of memory (%s); tile batch size is now %d", n, reason, self.batch)
+            self.queue.extendleft(reversed(chunk))
             return
         owners = list(dict.fromkeys(f for f, _ in chunk))
         if len(owners) == 1:

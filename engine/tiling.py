@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+__all__ = ["ALIGN", "Window", "axis_windows", "cut", "needs_tiling", "pad_to_window", "put_core", "tile_grid",
+           "tiled_gradient", "window_side"]
+
 
 @dataclass(frozen=True)
 class Window:

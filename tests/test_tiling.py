@@ -220,24 +220,80 @@ def test_compile_backend_runs_the_planned_tile_shape(tmp_path, monkeypatch):
 
 
 class EagerRecorder(Recorder):
-    name = "eager"  # shape-flexible on CPU: the scheduler runs short tile batches short
+    name = "eager"  # shape-flexible on CPU: short tile batches run short
 
 
-def test_short_tile_batches_are_zero_filled_only_for_fixed_shape_backends(tmp_path, monkeypatch, fast_overrides):
-    """Same dream (fp64) whether a short tile batch is zero-filled (fixed-shape) or run short (eager on CPU)."""
+class TiledStep(Backend):
+    """The per-image reference: every gradient assembled by ``tiled_gradient`` on one image alone."""
+
+    name = "tiled-reference"
+
+    def __init__(self, inner: Backend, cfg) -> None:
+        super().__init__()
+        self.inner, self.cfg = inner, cfg
+
+    def step(self, x):
+        assert x.shape[0] == 1
+        if max(x.shape[-2:]) <= window_side(self.cfg.tile, self.cfg.tile_overlap):
+            return self.inner.step(x)
+        return None, tiled_gradient(self.inner.step, x, self.cfg.tile, self.cfg.tile_overlap, self.cfg.batch_size)
+
+
+@pytest.mark.parametrize("kind", [Recorder, EagerRecorder])
+def test_scheduler_equals_each_image_tiled_alone(kind, tmp_path, monkeypatch, fast_overrides):
+    """fp64: tiles of several images sharing batches (short batches zero-filled, or run short) change nothing."""
     assert tiled_mod.pads_short_batches(Recorder(None)) and not tiled_mod.pads_short_batches(EagerRecorder(None))
     cfg = make_config(overrides=dict(fast_overrides, layer="inception3a", precision="fp64", tile=64, tile_overlap=16,
-                                     max_side=0, octaves=2, batch_size=3))
-    item = WorkItem(str(_write(tmp_path / "a.png", 200, 150)), "a.png", str(tmp_path / "o.png"), (200, 150))
-    side, outs, seen = window_side(64, 16), [], []
-    for kind in (Recorder, EagerRecorder):
+                                     max_side=0, octaves=2, batch_size=3, jitter=8))
+    sizes = [(200, 150), (120, 290)]
+    items = [WorkItem(str(_write(tmp_path / f"{i}.png", h, w, i)), f"{i}.png", str(tmp_path / f"o{i}.png"), (h, w))
+             for i, (h, w) in enumerate(sizes)]
+    runner = DreamRunner(cfg, create_backend)
+    inner, runner.backend = runner.backend, (rec := kind(runner.backend))
+    saved = _capture(monkeypatch)
+    sched = TileScheduler(runner, lambda r: None)
+    sched.run(items)
+    side = window_side(64, 16)
+    tiles = [n for n, h, w in rec.seen if (h, w) == (side, side)]  # every octave of these sizes is tiled
+    assert len(tiles) == len(rec.seen) == sched.tile_batches and sched.tile_slots_filled > sched.tile_batches
+    if kind is Recorder:
+        assert set(tiles) == {3}  # one shape: short batches zero-filled
+    else:
+        assert min(tiles) < 3 and max(tiles) == 3 and sum(tiles) == sched.tile_slots_filled
+    for item in items:
+        x = runner.load_input(item).pixels[None].to(torch.float64)  # the scheduler's own input, bit for bit
+        ref = dream_tensor(TiledStep(inner, cfg), x, cfg, runner.dm.spec, [item.rel])
+        assert np.abs(saved[item.output] - ref[0].permute(1, 2, 0).numpy()).max() < 1e-6  # output cast to fp32
+
+
+class SmallMemory(EagerRecorder):
+    """Runs out of memory on any batch of more than ``limit`` tiles, as a device would."""
+
+    limit = 2
+
+    def step(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: {x.shape[0]} tiles do not fit")
+        return super().step(x)
+
+
+def test_out_of_memory_halves_the_tile_batch_and_loses_nothing(tmp_path, monkeypatch, fast_overrides, caplog):
+    """fp64: a job whose tile batches of 4 do not fit ends as the same job run with tile batches of 2."""
+    sizes = [(200, 150), (120, 290), (200, 150)]
+    items = [WorkItem(str(_write(tmp_path / f"{i}.png", h, w, i)), f"{i}.png", str(tmp_path / f"o{i}.png"), (h, w))
+             for i, (h, w) in enumerate(sizes)]
+    outs = []
+    for batch, kind in ((4, SmallMemory), (2, EagerRecorder)):
+        cfg = make_config(overrides=dict(fast_overrides, layer="inception3a", precision="fp64", tile=64,
+                                         tile_overlap=16, max_side=0, octaves=2, batch_size=batch))
         runner = DreamRunner(cfg, create_backend)
         runner.backend = rec = kind(runner.backend)
-        saved = _capture(monkeypatch)
-        sched = TileScheduler(runner, lambda r: None)
-        sched.run([item])
-        outs.append(saved[item.output])
-        seen.append([n for n, h, w in rec.seen if (h, w) == (side, side)])
-        assert sum(seen[-1]) == (sched.tile_batches * 3 if kind is Recorder else sched.tile_slots_filled)
-    assert set(seen[0]) == {3} and min(seen[1]) < 3 and max(seen[1]) == 3  # the eager run had short batches
-    assert np.abs(outs[0] - outs[1]).max() < 1e-9
+        saved, records = _capture(monkeypatch), []
+        sched = TileScheduler(runner, records.append)
+        sched.run(items)
+        assert [r.status for r in records] == ["done"] * 3
+        assert max(n for n, _, _ in rec.seen) == 2 and sched.batch == 2
+        outs.append([saved[i.output] for i in items])
+    assert "tile batch of 4 ran out of memory" in caplog.text
+    for a, b in zip(*outs):
+        assert np.abs(a - b).max() < 1e-6

@@ -21,6 +21,11 @@ import abc
 import torch
 
 
+def is_oom(exc: BaseException) -> bool:
+    """True when a step failed for lack of device memory (a smaller batch may pass)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 class Fence:
     """A point in a backend's device queue; ``wait()`` returns once the device has passed it."""
 
