@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from dreamfleet.engine.hostmem import THP_ENV
+
 from . import hardware
 from .rows import append_rows
 
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_ratio=round(best(name, "peak_rss_mib") / best("untiled", "peak_rss_mib"), 3),
             wall_ratio=round(best(name, "wall_s") / best("untiled", "wall_s"), 3),
             dream_ratio=round(best(name, "dream_s") / best("untiled", "dream_s"), 3),
+            huge_pages=os.environ.get(THP_ENV, "1") == "1",  # the children's THP_MEM_ALLOC_ENABLE (the CLI's default: on)
             load_avg_before=[round(v, 2) for v in load_before], load_avg_after=[round(v, 2) for v in os.getloadavg()],
             env=hardware.environment(torch.device("cpu")), timestamp=hardware.now_utc()))
     append_rows(RESULTS / "large_image.jsonl", rows)
@@ -113,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| image | tile, overlap, batch | threads | untiled: dream s / peak RSS MiB | tiled: dream s / peak RSS MiB "
-           "| time ratio | RSS ratio | load (1 min) | when |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| image | tile, overlap, batch | threads | huge pages | untiled: dream s / peak RSS MiB "
+           "| tiled: dream s / peak RSS MiB | time ratio | RSS ratio | load (1 min) | when |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         u, t = r["runs"]["untiled"], r["runs"]["tiled"]
         cell = lambda runs: ", ".join(f"{x['dream_s']:.0f} / {x['peak_rss_mib']:.0f}" for x in runs)  # noqa: E731
         out.append(f"| {r['width']}x{r['height']} | {r['tile']}, {r['tile_overlap'] or 'default'}, {r['batch_size']} "
-                   f"| {r['threads']} | {cell(u)} | {cell(t)} | {r['dream_ratio']:.2f} | {r['rss_ratio']:.2f} "
+                   f"| {r['threads']} | {'on' if r.get('huge_pages') else 'off'} | {cell(u)} | {cell(t)} | {r['dream_ratio']:.2f} | {r['rss_ratio']:.2f} "
                    f"| {r['load_avg_before'][0]} -> {r['load_avg_after'][0]} | {r['timestamp']} |")
     return "\n".join(out) + "\n"
 
