@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--pipeline: derive the device time from the job's FLOPs at 40%% of NAME's peak "
                         "(h100-bf16, a100-bf16, l4-bf16)")
     g.add_argument("--io-threads", type=int, default=0, help="--pipeline: decode/write threads (default: 0 = cores)")
+    g.add_argument("--tiled", action="store_true", help="--pipeline: the tile scheduler's version (2400x1600 JPEGs "
+                   "dreamed at full size, --tile 512; --images default 6)")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -80,6 +82,12 @@ def handle(args: argparse.Namespace) -> int:
         rows = run_simulation(args.simulate, _names(args.sim_models), _names(args.sim_settings), args.sim_batch,
                               args.sim_images, args.sim_precision, Path(out))
         print(table(rows))
+        return 0
+    if args.pipeline and args.tiled:
+        from .tiled_pipeline import format_row, run_tiled_pipeline_bench
+
+        row = run_tiled_pipeline_bench(args.images if args.images != 48 else 6, args.repeats or 2)
+        print(format_row(row))
         return 0
     if args.pipeline:
         from .pipeline_bench import format_row, run_pipeline_bench

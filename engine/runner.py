@@ -125,7 +125,7 @@ class DreamRunner:
             t0 = time.perf_counter()
             _, pending, fence = self._queue(x, keys)
             t1 = time.perf_counter()
-            host = self._host_results(pending, fence)  # the one wait on the device per batch
+            host = self.host_results(pending, fence)  # the one wait on the device per batch
             self.stages.add("loop", t1 - t0, len(keys))
             self.stages.add("device_wait", time.perf_counter() - t1, len(keys))
             return [(o, None) for o in host]
@@ -144,7 +144,7 @@ class DreamRunner:
         pending = self.transfer.download(out)
         return out, pending, self.backend.fence()
 
-    def _host_results(self, pending, fence) -> list[torch.Tensor]:
+    def host_results(self, pending, fence) -> list[torch.Tensor]:
         """The batch's one wait: on CUDA the download's event (it follows the compute on the stream), elsewhere
         the backend's fence (a simulated device's clock); per image uint8 [3,H,W], owned by the caller."""
         if self.transfer.cuda:
@@ -226,7 +226,7 @@ class DreamRunner:
         if b.error is None:
             try:
                 t1 = time.perf_counter()
-                host = self._host_results(b.pending, b.fence)  # the next batch is already queued
+                host = self.host_results(b.pending, b.fence)  # the next batch is already queued
                 self.stages.add("device_wait", time.perf_counter() - t1, len(b.items))
                 b.out, b.pending = None, None
                 return [(o, None) for o in host]  # uint8 [3,H,W] each

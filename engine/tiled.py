@@ -16,8 +16,14 @@ rolled octave the scheduler answers:
   it asks for the next gradient.
 
 So tiles of different images and octaves share batches, and the model never sees more than
-N x S x S pixels at once, whatever the image size. Images are decoded (admitted) while the
-queue holds less than one batch of tiles, at most ``batch_size`` at a time. A tile batch that
+N x S x S pixels at once, whatever the image size. Images are admitted while the queue holds
+less than one batch of tiles, at most ``batch_size`` in flight. Host work overlaps the device
+as in the runner's pipeline: the runner's decode threads decode the next ``LOOKAHEAD`` images
+ahead of admission; a finished image goes down as uint8 through the runner's ``HostTransfer``
+(side stream on CUDA) and is waited for only after the next round of device work is queued
+(one fence wait per image, with the device busy); the runner's writer threads encode and
+write it (a 2400x1600 PNG takes 1.5 s to encode on one core), at most ``LOOKAHEAD`` writes
+outstanding. A tile batch that
 runs out of device memory halves the tile batch size for the rest of the job and is requeued
 (as the runner halves a bucket); any other failing batch is retried per image; an image that
 fails alone becomes a failure record, the rest go on.
@@ -37,6 +43,7 @@ from .config import DreamConfig
 from .hostmem import bound_host_allocator
 from .imageio import ImageLoadError
 from .loop import StepGen, dream_steps
+from .pipeline import Window as Futures
 from .report import ImageRecord
 from .space import ImageSpace
 from .tiling import Window, cut, needs_tiling, pad_to_window, put_core, tile_grid, window_side
@@ -46,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+LOOKAHEAD = 2  # decoded images waiting for admission, and finished ones waiting for a writer (full-size each)
 
 # backends that run any batch size at no extra cost on CPU: a short tile batch is not zero-filled for them
 SHAPE_FLEXIBLE = ("eager", "onnxruntime")
@@ -102,30 +111,49 @@ class TileScheduler:
 
     def run(self, items: list[WorkItem]) -> None:
         todo = deque(items)
-        while todo or self.flights:
-            while todo and (not self.flights or (len(self.queue) < self.batch and len(self.flights) < self.batch)):
-                self._admit(todo.popleft())
-            if self.untiled:
-                self._run_untiled()
-            elif self.queue:
-                self._run_tiles()
-            elif self.flights:
-                raise RuntimeError("tile scheduler stalled: images in flight but no work queued")
+        decode_pool, self.write_pool = self.runner.pools()
+        self.decoded, self.writes = Futures(LOOKAHEAD), Futures(LOOKAHEAD)
+        self.landing: list[tuple] = []  # (flight, transfer.Pending, fence, timings) of finished images
+
+        def refill() -> None:
+            while todo and not self.decoded.full():
+                item = todo.popleft()
+                self.decoded.push(decode_pool.submit(self.runner.load_input, item), item)
+
+        try:
+            refill()
+            while len(self.decoded) or self.flights:
+                landed, self.landing = self.landing, []  # finished before this round's device work is queued
+                while len(self.decoded) and (not self.flights or (len(self.queue) < self.batch
+                                                                  and len(self.flights) < self.batch)):
+                    self._admit(*self.decoded.pop())
+                    refill()
+                if self.untiled:
+                    self._run_untiled()
+                elif self.queue:
+                    self._run_tiles()
+                elif self.flights:
+                    raise RuntimeError("tile scheduler stalled: images in flight but no work queued")
+                self._land(landed)  # waits on their fences while the device runs what was just queued
+        finally:
+            self._land(self.landing)
+            while len(self.writes):  # every queued write finishes (or fails) and is recorded
+                self.emit(self.writes.pop()[1])
         if self.tile_batches:
             log.info("tiles: %d batches of %d, %.0f%% of slots filled", self.tile_batches, self.batch,
                      100.0 * self.tile_slots_filled / (self.tile_batches * self.batch))
 
     # --- images in and out ---
-    def _admit(self, item: WorkItem) -> None:
-        t0 = time.perf_counter()
-        img = self.runner.load_input(item)  # the runner's decode path: untiled and tiled images decode alike
+    def _admit(self, item: WorkItem, img) -> None:
+        """Start dreaming a decoded image (or record why it could not be read)."""
         if isinstance(img, ImageLoadError):
             self.emit(ImageRecord(item.path, item.rel, "failed", reason=str(img), worker=self.runner.worker))
             return
         x = img.pixels[None].to(self.runner.device, self.runner.dtype)  # [1,3,H,W] pixels
         steps = dream_steps(self.space.to_model(x), self.cfg, self.runner.dm.spec, [item.rel], self.space)
         del x
-        flight = _Flight(item, img.alpha, steps, time.perf_counter() - t0, time.perf_counter())
+        load_s = img.seconds["decode"] + img.seconds["resize"]
+        flight = _Flight(item, img.alpha, steps, load_s, time.perf_counter())
         self.flights.append(flight)
         self._advance(flight, None)
 
@@ -150,11 +178,21 @@ class TileScheduler:
         self.queue.extend((f, win) for win in wins)
 
     def _finish(self, f: _Flight, z: torch.Tensor) -> None:
+        """Queue the dreamed image's way to the host (uint8, non-blocking); it lands after the next device work."""
         self.flights.remove(f)
-        item = f.item
-        out = self.space.to_pixels(z).clamp(0.0, 1.0)[0].float().cpu()  # [3,H,W]
         timings = {"load": round(f.load_s, 4), "dream": round(time.perf_counter() - f.t0, 4)}
-        self.emit(self.runner.write_output(item, out, f.alpha, timings))  # the runner's encode + atomic write
+        pending = self.runner.transfer.download(self.space.to_pixels(z), reuse=False)  # [1,3,H,W] -> uint8, on its way
+        self.landing.append((f, pending, self.backend.fence(), timings))
+
+    def _land(self, landed: list[tuple]) -> None:
+        """Wait for finished images on the host and hand them to the runner's writer threads (encode, atomic write)."""
+        for f, pending, fence, timings in landed:
+            out = self.runner.host_results(pending, fence)[0]  # [3,H,W] uint8
+            while self.writes.full():
+                self.emit(self.writes.pop()[1])
+            self.writes.push(self.write_pool.submit(self.runner.write_output, f.item, out, f.alpha, timings))
+        for _, rec in self.writes.ready():
+            self.emit(rec)
 
     def _fail(self, f: _Flight, reason: str) -> None:
         log.warning("dream failed for %s: %s", f.item.rel, reason)

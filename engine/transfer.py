@@ -13,7 +13,10 @@ behind this batch's compute) once the compute stream is done, and returns a ``Pe
 ``Pending.wait()`` is the batch's one host sync (an event), then hands out per-image uint8
 ``[3,H,W]`` host tensors. Download buffers rotate in a ring of ``depth`` per shape: results
 stay valid until ``depth`` more downloads of the same shape (enough for a pipeline that saves
-one batch while the next dreams).
+one batch while the next dreams). ``download(pixels, reuse=False)`` is for one-off shapes (the
+tile scheduler's full-size images, any number of them in flight): a fresh pinned buffer per
+call, which PyTorch's caching host allocator recycles once the result is dropped; nothing is
+kept per shape.
 
 Backends that run on their own CUDA stream must join it back into torch's current stream
 before returning from ``step`` (TensorRT and ONNX Runtime do), so ordering on the current
@@ -91,8 +94,12 @@ class HostTransfer:
         """pixels [N,3,H,W] in [0,1] -> uint8, round half up (as imageio.save_image rounds floats)."""
         return (pixels.float().clamp(0.0, 1.0) * 255.0 + 0.5).floor_().to(torch.uint8)
 
-    def download(self, pixels: torch.Tensor) -> Pending:
-        """Dreamed pixels [N,3,H,W] in [0,1] on the device -> Pending uint8 host results."""
+    def download(self, pixels: torch.Tensor, reuse: bool = True) -> Pending:
+        """Dreamed pixels [N,3,H,W] in [0,1] on the device -> Pending uint8 host results.
+
+        ``reuse``: through the per-shape ring of pinned buffers (valid until ``depth`` more downloads
+        of that shape); False: into a buffer of its own (one-off shapes, no per-shape state).
+        """
         n_bytes = pixels.numel()
         self.bytes_down += n_bytes
         if pixels.device.type == "meta":  # a simulated device: nothing to copy; the input stands in for the dream
@@ -103,6 +110,9 @@ class HostTransfer:
         q = self.quantize(pixels)  # [N,3,H,W] uint8, on the device
         if not self.cuda:
             return Pending(q.cpu())
+        if not reuse:
+            host = torch.empty(q.shape, dtype=torch.uint8, pin_memory=True)
+            return Pending(host, self._copy_down(q, host))
         key = tuple(q.shape)
         ring = self._down.setdefault(key, [])
         turn = self._turn.get(key, 0)
@@ -111,11 +121,16 @@ class HostTransfer:
             ring.append((torch.empty(q.shape, dtype=torch.uint8, pin_memory=True), None))
         slot = turn % len(ring)
         host, _ = ring[slot]
+        done = self._copy_down(q, host)
+        ring[slot] = (host, done)
+        return Pending(host, done)
+
+    def _copy_down(self, q: torch.Tensor, host: torch.Tensor):
+        """Copy device uint8 q into pinned ``host`` on the download stream once the compute is done; its event."""
         self.down_stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.down_stream):
             q.record_stream(self.down_stream)
             host.copy_(q, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.down_stream)
-        ring[slot] = (host, done)
-        return Pending(host, done)
+        return done

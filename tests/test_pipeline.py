@@ -265,3 +265,18 @@ def test_runner_makes_its_image_space_once_not_per_batch(tmp_path, monkeypatch):
         runner.close()
     assert [r.status for r in recs] == ["done"] * 8
     assert calls == []
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_one_off_downloads_keep_no_buffers_and_stay_valid(device):
+    """download(reuse=False), the tile scheduler's: any number outstanding, each its own buffer, nothing kept."""
+    from dreamfleet.engine.transfer import HostTransfer
+
+    t = HostTransfer(torch.device(device), depth=2)
+    gen = torch.Generator().manual_seed(0)
+    pixels = [torch.rand(1, 3, 40, 56, generator=gen).to(device) for _ in range(5)]  # more than depth, one shape
+    pending = [t.download(p, reuse=False) for p in pixels]
+    for p, pend in zip(pixels, pending):
+        assert torch.equal(pend.wait()[0], HostTransfer.quantize(p)[0].cpu())
+    assert t._down == {} and t.bytes_down == 5 * 3 * 40 * 56
