@@ -146,12 +146,9 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
             runs["balanced_inline"].append(_job(inline, root / "in", root / "inl", step_s)[0])
             runs["host_only_inline"].append(_job(inline, root / "in", root / "hinl", 0.0)[0])
             log.info("round %d: %s", r, {k: round(v[-1], 2) for k, v in runs.items()})
-        med = {k: round(statistics.median(v), 3) for k, v in runs.items()}
-        bound = min(med["host_only"], med["device"])
-        row.update({"images_per_s": med, "rounds": {k: [round(x, 3) for x in v] for k, v in runs.items()},
-                    "efficiency": round(med["balanced"] / bound, 3),
-                    "efficiency_inline": round(med["balanced_inline"] / bound, 3),
-                    "host_only_vs_naive": round(med["host_only"] / med["naive"], 3),
+        row.update(summarize(runs, 3))
+        med = row["images_per_s"]
+        row.update({"host_only_vs_naive": round(med["host_only"] / med["naive"], 3),
                     "host_only_inline_vs_naive": round(med["host_only_inline"] / med["naive"], 3),
                     "device_model": device or (f"{device_ms} ms per image-step" if device_ms else "as slow as host"),
                     "host_ms_per_image": {k: round(statistics.median([s[k] for s in stages if s.get(k) is not None]), 3)
@@ -164,6 +161,14 @@ def run_pipeline_bench(images: int = 48, repeats: int = 3, device_ms: float | No
         shutil.rmtree(root, ignore_errors=True)
     append_rows(results, [row])
     return row
+
+
+def summarize(runs: dict[str, list[float]], digits: int) -> dict:
+    """Medians of alternating rounds and the efficiency: achieved / min(host-only, device-only), overlapped and inline."""
+    med = {k: round(statistics.median(v), digits) for k, v in runs.items()}
+    bound = min(med["host_only"], med["device"])
+    return {"images_per_s": med, "rounds": {k: [round(x, digits) for x in v] for k, v in runs.items()},
+            "efficiency": round(med["balanced"] / bound, 3), "efficiency_inline": round(med["balanced_inline"] / bound, 3)}
 
 
 def _flops_step_seconds(cfg, device: str) -> float:

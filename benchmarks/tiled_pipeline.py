@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .hardware import git_commit
-from .pipeline_bench import RESULTS, _job, make_photos
+from .pipeline_bench import RESULTS, _job, make_photos, summarize
 from .rows import append_rows
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def tiles_per_image(cfg, h: int, w: int) -> int:
                                                                                                    cfg.tile_overlap))
 
 
-def run_tiled_pipeline_bench(images: int = 6, repeats: int = 2, results: Path = RESULTS) -> dict:
+def run_tiled_pipeline_bench(images: int = 6, repeats: int = 2, results: Path = RESULTS,
+                             size: tuple[int, int] = SIZE) -> dict:
     from dreamfleet.engine.config import config_to_dict, make_config
     from dreamfleet.engine.report import environment
 
@@ -54,14 +55,14 @@ def run_tiled_pipeline_bench(images: int = 6, repeats: int = 2, results: Path = 
     cfg = make_config(None, None, dict(model="bvlc_googlenet", max_side=0, tile=512, batch_size=4, octaves=2,
                                        iterations=2, device="cpu", overwrite=True))
     inline = make_config(None, None, dict(config_to_dict(cfg), io_threads=-1))
-    tiles = tiles_per_image(cfg, SIZE[1], SIZE[0])
+    tiles = tiles_per_image(cfg, size[1], size[0])
     root = Path(tempfile.mkdtemp(prefix="dreamfleet-tiled-pipeline-"))
     row: dict = {"bench": "tiled_pipeline", "simulated_device": True, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "images": images, "input": f"{SIZE[0]}x{SIZE[1]} JPEG q90", "output": "JPEG (same as input)",
+                 "images": images, "input": f"{size[0]}x{size[1]} JPEG q90", "output": "JPEG (same as input)",
                  "tiles_per_image": tiles, "config": config_to_dict(cfg), "environment": environment(),
                  "git_commit": git_commit(), "loadavg_before": os.getloadavg()}
     try:
-        make_photos(root / "in", images, SIZE)
+        make_photos(root / "in", images, size)
         runs: dict[str, list] = {k: [] for k in ("host_only", "device", "balanced", "balanced_inline")}
         idle: list[float] = []
         _job(cfg, root / "in", root / "warm", 0.0)  # warm-up
@@ -75,12 +76,8 @@ def run_tiled_pipeline_bench(images: int = 6, repeats: int = 2, results: Path = 
             idle.append(st.get("device_idle_share", float("nan")))
             runs["balanced_inline"].append(_job(inline, root / "in", root / "inl", tile_s)[0])
             log.info("round %d: %s", r, {k: round(v[-1], 3) for k, v in runs.items()})
-        med = {k: round(statistics.median(v), 4) for k, v in runs.items()}
-        bound = min(med["host_only"], med["device"])
-        row.update({"images_per_s": med, "rounds": {k: [round(x, 4) for x in v] for k, v in runs.items()},
-                    "efficiency": round(med["balanced"] / bound, 3),
-                    "efficiency_inline": round(med["balanced_inline"] / bound, 3),
-                    "balanced_device_idle_share": round(statistics.median(idle), 3),
+        row.update(summarize(runs, 4))
+        row.update({"balanced_device_idle_share": round(statistics.median(idle), 3),
                     "loadavg_after": os.getloadavg()})
     finally:
         shutil.rmtree(root, ignore_errors=True)

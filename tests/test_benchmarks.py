@@ -82,6 +82,15 @@ def test_pipeline_bench_smoke_row(tmp_path):
     assert "SIMULATED" in format_row(row) and (tmp_path / "p.jsonl").read_text().count("\n") == 1
 
 
+def test_tiled_pipeline_bench_smoke_row(tmp_path):
+    from dreamfleet.benchmarks.tiled_pipeline import format_row, run_tiled_pipeline_bench
+
+    row = run_tiled_pipeline_bench(images=2, repeats=1, results=tmp_path / "t.jsonl", size=(800, 640))
+    assert row["simulated_device"] and row["tiles_per_image"] == 4  # 800x640: two 640 px windows, 2 iterations
+    assert 0 < row["efficiency"] <= 1.2 and (tmp_path / "t.jsonl").exists()
+    assert "SIMULATED" in format_row(row)
+
+
 def test_bench_defaults_work_outside_a_checkout():
     from dreamfleet.benchmarks.run import RESULTS_DIR, SAMPLES, sample_dirs
 
