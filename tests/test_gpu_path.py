@@ -188,7 +188,7 @@ def test_ort_tensorrt_provider_only_on_request(monkeypatch):
 
 
 def test_trt_engine_io_is_validated():
-    from dreamfleet.export.trt_backend import check_io
+    from dreamfleet.export.trt_engine import check_io
 
     class T:  # the TensorRT enums check_io compares against
         class TensorIOMode:

@@ -10,8 +10,9 @@ import torch
 from dreamfleet.engine.build import build_dream_model
 from dreamfleet.engine.config import make_config
 from dreamfleet.engine.octaves import plan_shapes
-from dreamfleet.export import trt_backend
-from dreamfleet.export.trt_backend import TensorRTBackend, engine_cache_key, import_trt, profile_shapes
+from dreamfleet.export import trt_engine
+from dreamfleet.export.trt_backend import TensorRTBackend
+from dreamfleet.export.trt_engine import engine_cache_key, import_trt, profile_shapes
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
@@ -59,7 +60,7 @@ def test_needs_a_cuda_device():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        trt_backend.check_device(torch.device("cpu"))
+        trt_engine.check_device(torch.device("cpu"))
 
 
 @pytest.mark.gpu
@@ -191,7 +192,7 @@ def test_build_engine_is_strongly_typed_with_one_profile_per_shape(monkeypatch, 
     fake = _FakeTRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     shapes = [(2, 64, 72), (2, 45, 51), (1, 64, 72)]
-    blob = trt_backend.build_engine(tmp_path / "g.onnx", shapes)
+    blob = trt_engine.build_engine(tmp_path / "g.onnx", shapes)
     assert blob == b"serialized-engine"
     assert fake.calls["flags"] == 1 << 5  # STRONGLY_TYPED: types (and precision) come from the graph
     assert fake.calls["added"] == 2  # one profile per (H, W); N from 1 to the largest batch
@@ -199,7 +200,7 @@ def test_build_engine_is_strongly_typed_with_one_profile_per_shape(monkeypatch, 
                                       ("x", (1, 3, 64, 72), (2, 3, 64, 72), (2, 3, 64, 72))]
     assert "timing_in" not in fake.calls  # no timing cache asked for
     cache = tmp_path / "timing.cache"
-    trt_backend.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
+    trt_engine.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
     assert fake.calls["timing_in"] == b"" and cache.read_bytes() == b"timings"  # written after the build
-    trt_backend.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
+    trt_engine.build_engine(tmp_path / "g.onnx", shapes[:1], timing_cache=cache)
     assert fake.calls["timing_in"] == b"timings"  # and read back by the next build
