@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
     g = p.add_argument_group("pipeline (host pipeline vs a SIMULATED device)")
     g.add_argument("--pipeline", action="store_true", help="run the host-pipeline benchmark instead of the matrix")
-    g.add_argument("--images", type=int, default=48, help="--pipeline: generated 1600x1200 JPEGs (default: 48)")
+    g.add_argument("--images", type=int, default=None,
+                   help="--pipeline: generated JPEGs (default: 48 of 1600x1200; --tiled: 6 of 2400x1600)")
     g.add_argument("--device-ms", type=float, default=None,
                    help="--pipeline: simulated device time per image per step, ms (default: as slow as the host)")
     g.add_argument("--sim-device", default=None, metavar="NAME",
@@ -86,13 +87,13 @@ def handle(args: argparse.Namespace) -> int:
     if args.pipeline and args.tiled:
         from .tiled_pipeline import format_row, run_tiled_pipeline_bench
 
-        row = run_tiled_pipeline_bench(args.images if args.images != 48 else 6, args.repeats or 2)
+        row = run_tiled_pipeline_bench(args.images or 6, args.repeats or 2)
         print(format_row(row))
         return 0
     if args.pipeline:
         from .pipeline_bench import format_row, run_pipeline_bench
 
-        row = run_pipeline_bench(args.images, args.repeats or 3, args.device_ms, args.sim_device, args.io_threads)
+        row = run_pipeline_bench(args.images or 48, args.repeats or 3, args.device_ms, args.sim_device, args.io_threads)
         print(format_row(row))
         return 0
     if args.report_only:

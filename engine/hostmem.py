@@ -8,8 +8,8 @@ decide what that costs:
   a fresh buffer is faulted in 2 MiB at a time instead of 4 KiB. PyTorch reads the variable
   once, at its first allocation, so it must be set before ``import torch``: the CLI does it
   first thing, and a local Ray started by the CLI passes it to its workers. Measured on the
-  2400x1600 tiled benchmark (2 threads): 31-32 s instead of 40 s, peak RSS unchanged; the
-  untiled run of the same photo: 27-28 s either way. Where the kernel's THP mode is ``never``
+  2400x1600 tiled benchmark (2 threads): 32-35 s instead of 44-46 s at the same peak RSS
+  (0.49x the untiled run); the untiled run of the same photo: 26-28 s either way. Where the kernel's THP mode is ``never``
   it changes nothing; a user's own setting (``THP_MEM_ALLOC_ENABLE=0``) is kept.
 - :func:`bound_host_allocator` makes glibc serve allocations of 8 MiB and more by ``mmap`` and
   trim freed heap above that, so the tile scheduler's peak RSS stays bounded (see its docstring).

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-LOOKAHEAD = 2  # decoded images waiting for admission, and finished ones waiting for a writer (full-size each)
+LOOKAHEAD = 2  # decoded full-size images waiting for admission
 
 # backends that run any batch size at no extra cost on CPU: a short tile batch is not zero-filled for them
 SHAPE_FLEXIBLE = ("eager", "onnxruntime")
@@ -104,7 +104,7 @@ class TileScheduler:
         self.queue: deque[tuple[_Flight, Window]] = deque()
         self.untiled: list[_Flight] = []
         self.flights: list[_Flight] = []
-        self.tile_batches = self.tile_slots_filled = 0
+        self.tile_batches = self.tile_slots_filled = self.tile_slots = 0
         self.pad_batches = pads_short_batches(self.backend)
         if runner.device.type == "cpu":
             bound_host_allocator()
@@ -112,8 +112,10 @@ class TileScheduler:
     def run(self, items: list[WorkItem]) -> None:
         todo = deque(items)
         decode_pool, self.write_pool = self.runner.pools()
-        self.decoded, self.writes = Futures(LOOKAHEAD), Futures(LOOKAHEAD)
+        lanes = max(1, self.runner.io_threads)
+        self.decoded, self.writes = Futures(LOOKAHEAD), Futures(2 * self.batch + lanes)  # as the runner's windows
         self.landing: list[tuple] = []  # (flight, transfer.Pending, fence, timings) of finished images
+        self.landed: list[tuple] = []  # ... finished before the current round's device work was queued
 
         def refill() -> None:
             while todo and not self.decoded.full():
@@ -123,7 +125,7 @@ class TileScheduler:
         try:
             refill()
             while len(self.decoded) or self.flights:
-                landed, self.landing = self.landing, []  # finished before this round's device work is queued
+                self.landed, self.landing = self.landing, []
                 while len(self.decoded) and (not self.flights or (len(self.queue) < self.batch
                                                                   and len(self.flights) < self.batch)):
                     self._admit(*self.decoded.pop())
@@ -134,25 +136,34 @@ class TileScheduler:
                     self._run_tiles()
                 elif self.flights:
                     raise RuntimeError("tile scheduler stalled: images in flight but no work queued")
+                landed, self.landed = self.landed, []
                 self._land(landed)  # waits on their fences while the device runs what was just queued
         finally:
-            self._land(self.landing)
-            while len(self.writes):  # every queued write finishes (or fails) and is recorded
-                self.emit(self.writes.pop()[1])
+            try:  # finished images are written and recorded even when the loop stopped on an error
+                landed, self.landed, self.landing = self.landed + self.landing, [], []
+                self._land(landed)
+            finally:
+                while len(self.writes):  # every queued write finishes (or fails) and is recorded
+                    self.emit(self.writes.pop()[1])
         if self.tile_batches:
-            log.info("tiles: %d batches of %d, %.0f%% of slots filled", self.tile_batches, self.batch,
-                     100.0 * self.tile_slots_filled / (self.tile_batches * self.batch))
+            log.info("tiles: %d batches, %.0f%% of their slots filled", self.tile_batches,
+                     100.0 * self.tile_slots_filled / self.tile_slots)
 
     # --- images in and out ---
     def _admit(self, item: WorkItem, img) -> None:
-        """Start dreaming a decoded image (or record why it could not be read)."""
+        """Start dreaming a decoded image (or record why it could not be read or started)."""
         if isinstance(img, ImageLoadError):
             self.emit(ImageRecord(item.path, item.rel, "failed", reason=str(img), worker=self.runner.worker))
             return
-        x = img.pixels[None].to(self.runner.device, self.runner.dtype)  # [1,3,H,W] pixels
-        steps = dream_steps(self.space.to_model(x), self.cfg, self.runner.dm.spec, [item.rel], self.space)
-        del x
         load_s = img.seconds["decode"] + img.seconds["resize"]
+        try:  # uint8 up through the runner's transfer (pinned, side stream on CUDA), a buffer of its own
+            x = self.runner.transfer.upload(img.data[None], reuse=False).to(self.runner.dtype)  # [1,3,H,W] pixels
+            steps = dream_steps(self.space.to_model(x), self.cfg, self.runner.dm.spec, [item.rel], self.space)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory for this image alone
+            self.emit(ImageRecord(item.path, item.rel, "failed", reason=f"dream failed: {type(exc).__name__}: {exc}",
+                                  shape=list(item.hw), worker=self.runner.worker, retryable=True))
+            return
+        del x
         flight = _Flight(item, img.alpha, steps, load_s, time.perf_counter())
         self.flights.append(flight)
         self._advance(flight, None)
@@ -174,14 +185,22 @@ class TileScheduler:
             self.untiled.append(f)
             return
         wins = tile_grid(h, w, self.cfg.tile, self.cfg.tile_overlap)
-        f.padded, f.grad, f.waiting = pad_to_window(req, wins, self.side), torch.empty_like(req), len(wins)
+        try:
+            f.padded, f.grad, f.waiting = pad_to_window(req, wins, self.side), torch.empty_like(req), len(wins)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(f, f"{type(exc).__name__}: {exc}")
+            return
         self.queue.extend((f, win) for win in wins)
 
     def _finish(self, f: _Flight, z: torch.Tensor) -> None:
         """Queue the dreamed image's way to the host (uint8, non-blocking); it lands after the next device work."""
         self.flights.remove(f)
         timings = {"load": round(f.load_s, 4), "dream": round(time.perf_counter() - f.t0, 4)}
-        pending = self.runner.transfer.download(self.space.to_pixels(z), reuse=False)  # [1,3,H,W] -> uint8, on its way
+        try:  # [1,3,H,W] -> uint8, on its way to a pinned buffer of its own
+            pending = self.runner.transfer.download(self.space.to_pixels(z), reuse=False)
+        except Exception as exc:  # noqa: BLE001
+            self._record_failure(f, f"{type(exc).__name__}: {exc}")
+            return
         self.landing.append((f, pending, self.backend.fence(), timings))
 
     def _land(self, landed: list[tuple]) -> None:
@@ -195,12 +214,18 @@ class TileScheduler:
             self.emit(rec)
 
     def _fail(self, f: _Flight, reason: str) -> None:
-        log.warning("dream failed for %s: %s", f.item.rel, reason)
+        """An image in flight fails alone: its generator, queued tiles and waiting octave go; the rest go on."""
+        if f.dead or f not in self.flights:
+            return
         f.dead = True
         f.steps.close()
         self.flights.remove(f)
         self.untiled = [g for g in self.untiled if g is not f]
         self.queue = deque(t for t in self.queue if t[0] is not f)
+        self._record_failure(f, reason)
+
+    def _record_failure(self, f: _Flight, reason: str) -> None:
+        log.warning("dream failed for %s: %s", f.item.rel, reason)
         self.emit(ImageRecord(f.item.path, f.item.rel, "failed", reason=f"dream failed: {reason}",
                               shape=list(f.item.hw), worker=self.runner.worker, retryable=True))
 
@@ -239,25 +264,27 @@ class TileScheduler:
 
     def _tile_batch(self, chunk: list[tuple[_Flight, Window]]) -> None:
         s = self.side
-        n = self.batch if self.pad_batches else len(chunk)
-        x = torch.empty(n, 3, s, s, device=self.runner.device, dtype=self.runner.dtype)  # [n,3,S,S]
-        for j, (f, win) in enumerate(chunk):
-            x[j] = cut(f.padded, win, s)[0]
-        x[len(chunk):] = 0.0  # zero-filled slots of a padded short batch
+        n = max(self.batch, len(chunk)) if self.pad_batches else len(chunk)  # (a retried chunk may exceed a halved batch)
+        x = None
         try:
+            x = torch.empty(n, 3, s, s, device=self.runner.device, dtype=self.runner.dtype)  # [n,3,S,S]
+            for j, (f, win) in enumerate(chunk):
+                x[j] = cut(f.padded, win, s)[0]
+            x[len(chunk):] = 0.0  # zero-filled slots of a padded short batch
             _, g = self.backend.step(x)  # [n,3,S,S]
         except Exception as exc:  # noqa: BLE001
             reason, oom = f"{type(exc).__name__}: {exc}", is_oom(exc)
         else:
             self.tile_batches += 1
             self.tile_slots_filled += len(chunk)
+            self.tile_slots += n
             for j, (f, win) in enumerate(chunk):
                 put_core(f.grad, g[j:j + 1], win)
                 f.waiting -= 1
             return
         del x
         if oom and self.batch > 1:  # out of memory: smaller tile batches from now on, this one requeued
-            self.batch = max(1, n // 2)
+            self.batch = max(1, min(self.batch, n) // 2)
             if self.runner.device.type == "cuda":
                 torch.cuda.empty_cache()
             log.warning("tile batch of %d ran out of memory (%s); tile batch size is now %d", n, reason, self.batch)

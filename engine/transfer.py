@@ -16,7 +16,7 @@ stay valid until ``depth`` more downloads of the same shape (enough for a pipeli
 one batch while the next dreams). ``download(pixels, reuse=False)`` is for one-off shapes (the
 tile scheduler's full-size images, any number of them in flight): a fresh pinned buffer per
 call, which PyTorch's caching host allocator recycles once the result is dropped; nothing is
-kept per shape.
+kept per shape. ``upload(x, reuse=False)`` is the same for uploads.
 
 Backends that run on their own CUDA stream must join it back into torch's current stream
 before returning from ``step`` (TensorRT and ONNX Runtime do), so ordering on the current
@@ -62,14 +62,18 @@ class HostTransfer:
         self._meta_src: dict[tuple, torch.Tensor] = {}  # meta device: shape -> last uploaded host pixels
         self.bytes_up = self.bytes_down = 0
 
-    def upload(self, x: torch.Tensor) -> torch.Tensor:
-        """Host x[N,3,H,W] uint8 (0-255) or float ([0,1]) -> float32 pixels [N,3,H,W] in [0,1] on the device."""
+    def upload(self, x: torch.Tensor, reuse: bool = True) -> torch.Tensor:
+        """Host x[N,3,H,W] uint8 (0-255) or float ([0,1]) -> float32 pixels [N,3,H,W] in [0,1] on the device.
+
+        ``reuse``: stage through the pinned buffer kept per (shape, dtype); False: a pinned buffer of its
+        own, recycled by PyTorch's caching host allocator (one-off shapes: nothing kept per shape).
+        """
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise ValueError(f"upload takes uint8 or float pixels, got {x.dtype}; valid: uint8, float32, float64")
         self.bytes_up += x.numel() * x.element_size()
         if self.cuda:
             key = (tuple(x.shape), x.dtype)
-            buf, done = self._up.get(key, (None, None))
+            buf, done = self._up.get(key, (None, None)) if reuse else (None, None)
             if buf is None:
                 buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
             elif done is not None:
@@ -79,7 +83,8 @@ class HostTransfer:
                 dev = buf.to(self.device, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record(self.stream)
-            self._up[key] = (buf, done)
+            if reuse:
+                self._up[key] = (buf, done)
             current = torch.cuda.current_stream(self.device)
             current.wait_stream(self.stream)
             dev.record_stream(current)  # allocated on the side stream, consumed on the current one

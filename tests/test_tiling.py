@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 import dreamfleet.engine.runner as runner_mod
 import dreamfleet.engine.tiled as tiled_mod
 from dreamfleet.backends import create_backend
-from dreamfleet.engine.backends.base import Backend
+from dreamfleet.engine.backends.base import Backend, Fence
 from dreamfleet.engine.backends.eager import EagerBackend
 from dreamfleet.engine.build import build_dream_model
 from dreamfleet.engine.config import make_config
@@ -283,13 +284,26 @@ class SmallMemory(EagerRecorder):
         return super().step(x)
 
 
-def test_out_of_memory_halves_the_tile_batch_and_loses_nothing(tmp_path, monkeypatch, fast_overrides, caplog):
+class SmallMemoryPadded(Recorder):
+    """The same on a fixed-shape backend: batches zero-filled to the (halved) tile batch size."""
+
+    limit = 2
+
+    def step(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: {x.shape[0]} tiles do not fit")
+        return super().step(x)
+
+
+@pytest.mark.parametrize("small,normal", [(SmallMemory, EagerRecorder), (SmallMemoryPadded, Recorder)])
+def test_out_of_memory_halves_the_tile_batch_and_loses_nothing(small, normal, tmp_path, monkeypatch, fast_overrides,
+                                                               caplog):
     """fp64: a job whose tile batches of 4 do not fit ends as the same job run with tile batches of 2."""
     sizes = [(200, 150), (120, 290), (200, 150)]
     items = [WorkItem(str(_write(tmp_path / f"{i}.png", h, w, i)), f"{i}.png", str(tmp_path / f"o{i}.png"), (h, w))
              for i, (h, w) in enumerate(sizes)]
     outs = []
-    for batch, kind in ((4, SmallMemory), (2, EagerRecorder)):
+    for batch, kind in ((4, small), (2, normal)):
         cfg = make_config(overrides=dict(fast_overrides, layer="inception3a", precision="fp64", tile=64,
                                          tile_overlap=16, max_side=0, octaves=2, batch_size=batch))
         runner = DreamRunner(cfg, create_backend)
@@ -324,3 +338,63 @@ def test_tiled_job_on_cuda_matches_cpu(tmp_path, fast_overrides):
     for name, arr in outs["cpu"].items():
         diff = np.abs(arr - outs["cuda"][name])
         assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, name  # fp32 cuDNN vs CPU kernels, 4 steps
+
+
+class FenceLog(EagerRecorder):
+    """Counts steps; each fence remembers how many steps were queued when it was taken and when it was waited on."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.waits: list[tuple[int, int]] = []  # (steps when taken, steps when waited)
+        self.interrupt_after_first_fence = False
+        self._armed = False
+
+    def step(self, x):
+        if self._armed:
+            raise KeyboardInterrupt("stopped mid job")
+        return super().step(x)
+
+    def fence(self):
+        taken = len(self.seen)
+        self._armed = self.interrupt_after_first_fence
+        return Fence(lambda: self.waits.append((taken, len(self.seen))))
+
+
+def _three_items(tmp_path):
+    sizes = [(100, 100), (200, 150), (120, 290)]
+    return [WorkItem(str(_write(tmp_path / f"{i}.png", h, w, i)), f"{i}.png", str(tmp_path / f"o{i}.png"), (h, w))
+            for i, (h, w) in enumerate(sizes)]
+
+
+def test_finished_images_are_waited_for_after_the_next_round_is_queued(tmp_path, monkeypatch, fast_overrides):
+    cfg = make_config(overrides=dict(fast_overrides, tile=64, tile_overlap=16, max_side=0, batch_size=3))
+    runner = DreamRunner(cfg, create_backend)
+    runner.backend = rec = FenceLog(runner.backend)
+    saved, records = _capture(monkeypatch), []
+    TileScheduler(runner, records.append).run(_three_items(tmp_path))
+    assert sorted(r.status for r in records) == ["done"] * 3 and len(saved) == 3
+    in_loop = [(taken, waited) for taken, waited in rec.waits if waited < len(rec.seen)]  # not the final drain
+    assert in_loop and all(waited > taken for taken, waited in in_loop)  # the device had new work queued
+
+
+def test_a_job_stopped_mid_way_still_writes_and_records_what_finished(tmp_path, monkeypatch, fast_overrides):
+    cfg = make_config(overrides=dict(fast_overrides, tile=64, tile_overlap=16, max_side=0, batch_size=3))
+    runner = DreamRunner(cfg, create_backend)
+    runner.backend = rec = FenceLog(runner.backend)
+    rec.interrupt_after_first_fence = True  # the first image finishes, the next step raises
+    saved, records = _capture(monkeypatch), []
+    with pytest.raises(KeyboardInterrupt):
+        TileScheduler(runner, records.append).run(_three_items(tmp_path))
+    assert [r.status for r in records] == ["done"] and list(saved) == [records[0].output]
+
+
+def test_an_unreadable_image_reaching_the_scheduler_fails_alone(tmp_path, monkeypatch, fast_overrides):
+    cfg = make_config(overrides=dict(fast_overrides, tile=64, tile_overlap=16, max_side=0, batch_size=3))
+    runner = DreamRunner(cfg, create_backend)
+    items = _three_items(tmp_path)
+    Path(items[1].path).write_bytes(Path(items[1].path).read_bytes()[:200])  # truncated after planning
+    saved, records = _capture(monkeypatch), []
+    TileScheduler(runner, records.append).run(items)
+    status = {r.rel: r.status for r in records}
+    assert status == {"0.png": "done", "1.png": "failed", "2.png": "done"} and len(saved) == 2
+    assert "1.png" in [r.rel for r in records if r.reason]
