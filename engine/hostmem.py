@@ -11,8 +11,9 @@ decide what that costs:
   2400x1600 tiled benchmark (2 threads): 32-35 s instead of 44-46 s at the same peak RSS
   (0.49x the untiled run); the untiled run of the same photo: 26-28 s either way. Where the kernel's THP mode is ``never``
   it changes nothing; a user's own setting (``THP_MEM_ALLOC_ENABLE=0``) is kept.
-- :func:`bound_host_allocator` makes glibc serve allocations of 8 MiB and more by ``mmap`` and
-  trim freed heap above that, so the tile scheduler's peak RSS stays bounded (see its docstring).
+- :func:`bound_host_allocator` makes glibc serve allocations of 2 MiB (8 MiB without huge pages)
+  and more by ``mmap`` and trim freed heap above that, so the tile scheduler's peak RSS stays
+  bounded (see its docstring).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import logging
 import os
 import sys
 
-__all__ = ["THP_ENV", "bound_host_allocator", "enable_huge_pages"]
+__all__ = ["THP_ENV", "bound_host_allocator", "enable_huge_pages", "huge_pages_active"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,22 @@ def enable_huge_pages() -> bool:
     return os.environ[THP_ENV] == "1"
 
 
-def bound_host_allocator(threshold: int = 8 << 20) -> bool:
-    """glibc: allocations of ``threshold`` (8 MiB) and more by mmap, freed heap trimmed above it. Process-wide.
+def huge_pages_active() -> bool:
+    """True when PyTorch was asked for huge pages and the kernel's THP mode is not ``never``."""
+    if os.environ.get(THP_ENV) != "1":
+        return False
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+def bound_host_allocator(threshold: int | None = None) -> bool:
+    """glibc: allocations of ``threshold`` and more by mmap, freed heap trimmed above it. Process-wide.
+
+    ``threshold`` defaults to 2 MiB with huge pages (:func:`huge_pages_active`: faults are cheap, the
+    peak is lowest), else 8 MiB.
 
     glibc's default (mmap from 32 MiB, raised dynamically) keeps a tile batch's freed activations
     in its free lists and the next batches fragment them: the 2400x1600 benchmark's peak RSS grew
@@ -54,6 +69,8 @@ def bound_host_allocator(threshold: int = 8 << 20) -> bool:
     (:func:`enable_huge_pages`) take most of the fault cost away. Returns False where there is
     no glibc (nothing changes).
     """
+    if threshold is None:
+        threshold = (2 << 20) if huge_pages_active() else (8 << 20)
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, threshold))

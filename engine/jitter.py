@@ -97,16 +97,27 @@ class JitterSchedule:
                                      torch.remainder(ar_h + dy, h), torch.remainder(ar_w + dx, w))}
         return self._tables[(h, w)]
 
-    def next_index(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The next step's (roll, unroll) flat indices [N, H*W] on the device, or None when no image moves."""
+    def next_step(self, h: int, w: int) -> int | None:
+        """Advance to the next step of an h x w octave: its number, or None when no image moves in it."""
         s = self.cursor
         if s >= len(self.host):
             raise IndexError(f"jitter schedule exhausted after {s} steps")
         self.cursor += 1
         if not self.active[s]:
             return None
+        self._table(h, w)  # the octave's tables, built at its first step
+        return s
+
+    def index(self, s: int, h: int, w: int, back: bool = False) -> torch.Tensor:
+        """Step s's flat roll (``back``: unroll) index [N, H*W]. Made when needed, so a large image never
+        holds both (two int64 indices are 16 bytes per pixel per image) while its gradient is computed."""
         rf, cf, rb, cb = self._table(h, w)
-        return _flat_index(rf[s], cf[s], w), _flat_index(rb[s], cb[s], w)
+        return _flat_index(rb[s], cb[s], w) if back else _flat_index(rf[s], cf[s], w)
+
+    def next_index(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next step's (roll, unroll) flat indices [N, H*W] on the device, or None when no image moves."""
+        s = self.next_step(h, w)
+        return None if s is None else (self.index(s, h, w), self.index(s, h, w, back=True))
 
 
 def roll(x: torch.Tensor, shifts: list[tuple[int, int]], sign: int = 1) -> torch.Tensor:

@@ -39,8 +39,10 @@ StepGen = Generator[torch.Tensor, torch.Tensor, torch.Tensor]
 def _roll_pair(rngs, cfg: DreamConfig, z: torch.Tensor):
     """(roll, unroll) functions for this step, or None when no image moves."""
     if isinstance(rngs, JitterSchedule):
-        idx = rngs.next_index(z.shape[-2], z.shape[-1])  # ([N, H*W], [N, H*W]) flat indices
-        return None if idx is None else (lambda t: roll_indexed(t, idx[0]), lambda t: roll_indexed(t, idx[1]))
+        h, w = z.shape[-2:]
+        s = rngs.next_step(h, w)  # each flat index [N, H*W] is made when its roll runs
+        return None if s is None else (lambda t: roll_indexed(t, rngs.index(s, h, w)),
+                                       lambda t: roll_indexed(t, rngs.index(s, h, w, back=True)))
     shifts = draw_shifts(rngs, cfg.jitter)  # a list of per-image generators: draw one step now
     if all(s == (0, 0) for s in shifts):
         return None
