@@ -7,7 +7,6 @@ its backend is given (``--onnx``) before any output state is written.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,7 +14,7 @@ import torch
 from dreamfleet.engine.backends.base import Backend
 from dreamfleet.engine.build import DreamModel
 from dreamfleet.engine.config import DreamConfig
-from dreamfleet.engine.preflight import BadOptionFile, check_job_options, first_line
+from dreamfleet.engine.preflight import BadOptionFile, check_job_options, existing_file, first_line
 from dreamfleet.engine.vocabulary import BACKENDS
 
 Factory = Callable[[DreamModel, DreamConfig, torch.device], Backend]
@@ -49,9 +48,7 @@ def check_onnx_file(cfg: DreamConfig) -> None:
     """``--onnx``: an existing file that parses as an ONNX model (the graph's metadata is checked later)."""
     if not cfg.onnx:
         return
-    path = Path(cfg.onnx)
-    if not path.is_file():
-        raise BadOptionFile(f"--onnx {path}: no such file")
+    path = existing_file("--onnx", cfg.onnx)
     import onnx
 
     try:

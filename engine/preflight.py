@@ -27,14 +27,21 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def existing_file(option: str, value: str | Path) -> Path:
+    """The path given to ``option`` (e.g. ``--guide``), or BadOptionFile naming it when there is no such file."""
+    path = Path(value)
+    if not path.is_file():
+        raise BadOptionFile(f"{option} {path}: no such file")
+    return path
+
+
 def check_weights_file(path: str | Path) -> None:
     """``--weights``: exists, and its header / archive reads as a state dict (the tensors are not loaded)."""
     path = Path(path)
     valid = (".safetensors", ".pth", ".pt", ".bin")
     if path.suffix not in valid:
         raise BadOptionFile(f"--weights {path}: unsupported suffix {path.suffix!r}; valid: {', '.join(valid)}")
-    if not path.is_file():
-        raise BadOptionFile(f"--weights {path}: no such file")
+    existing_file("--weights", path)
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -53,9 +60,7 @@ def check_guide(cfg: DreamConfig) -> None:
         raise BadOptionFile(f"objective {cfg.objective!r} needs a guide image: --guide PATH")
     if not cfg.guide:
         return
-    path = Path(cfg.guide)
-    if not path.is_file():
-        raise BadOptionFile(f"--guide {path}: no such file")
+    path = existing_file("--guide", cfg.guide)
     try:
         load_image(path, cfg.max_pixels)
     except ImageLoadError as exc:
@@ -94,5 +99,5 @@ def check_job_options(cfg: DreamConfig) -> None:
     check_channels(cfg)
 
 
-__all__ = ["BadOptionFile", "check_channels", "check_guide", "check_job_options", "check_weights_file",
+__all__ = ["BadOptionFile", "check_channels", "check_guide", "check_job_options", "check_weights_file", "existing_file",
            "layer_channels"]
