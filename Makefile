@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cluster,charts,s3,ort]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cluster,ray-data,video,charts,s3,ort]'
 	touch $(STAMP)
 
 # GPU machines: torch with CUDA, onnxruntime-gpu in place of onnxruntime, Ray. One command: make setup-gpu
