@@ -6,7 +6,9 @@ describe it. The engine lives in ``dreamfleet.engine``, the ONNX export in
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from dreamfleet.engine.version import dreamfleet_version
+
+__version__ = dreamfleet_version()  # pyproject.toml, via the package metadata (engine/version.py)
 
 
 def dream_folder(inputs, output, **params):

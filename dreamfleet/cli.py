@@ -13,6 +13,7 @@ import sys
 
 from dreamfleet.engine.config import config_to_dict
 from dreamfleet.engine.hostmem import enable_huge_pages
+from dreamfleet.engine.version import dreamfleet_version
 from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
 
 log = logging.getLogger("dreamfleet")
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dreamfleet.options import add_dream_options
 
     parser = argparse.ArgumentParser(prog="dreamfleet", description="DeepDream as a high-throughput batch service.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {dreamfleet_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("dream", help="dream images in this process",

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .storage import Storage, location
+from .version import dreamfleet_version
 from .vocabulary import REPORT_NAME, STATUSES
 
 
@@ -30,7 +31,7 @@ class ImageRecord:
 
 def environment() -> dict:
     """Versions and hardware facts that make a figure reproducible."""
-    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+    env = {"dreamfleet": dreamfleet_version(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     try:
         import torchvision

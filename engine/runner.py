@@ -38,6 +38,7 @@ from .sizing import to_tensor, working_size
 from .space import ImageSpace
 from .storage import Storage
 from .tiled import TileScheduler, split_tiled
+from .version import dreamfleet_version
 from .transfer import HostTransfer
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class DreamRunner:
         # that would wait for the batch in flight) if done per batch
         self.space = ImageSpace.create(self.dm.spec, cfg, self.device, self.dtype)
         self.batch_limit: dict[tuple[int, int], int] = {}
-        self.metadata = {"dreamfleet": "0.1.0", "param_hash": cfg.param_hash(), "params": cfg.hashed_params(),
+        self.metadata = {"dreamfleet": dreamfleet_version(), "param_hash": cfg.param_hash(), "params": cfg.hashed_params(),
                          "weights": self.dm.weights_info}
 
     def _load_guide(self) -> torch.Tensor:
