@@ -38,8 +38,8 @@ from .sizing import to_tensor, working_size
 from .space import ImageSpace
 from .storage import Storage
 from .tiled import TileScheduler, split_tiled
-from .version import dreamfleet_version
 from .transfer import HostTransfer
+from .version import dreamfleet_version
 
 log = logging.getLogger(__name__)
 

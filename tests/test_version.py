@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from PIL import Image
 
 import dreamfleet
 from dreamfleet.cli import main
+from dreamfleet.engine.config import read_toml
 from dreamfleet.engine.imageio import read_metadata
 from dreamfleet.engine.report import environment
 from dreamfleet.engine.version import dreamfleet_version
@@ -19,7 +19,7 @@ from conftest import REPO, random_rgb
 
 @pytest.fixture(scope="module")
 def pyproject_version() -> str:
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    version = read_toml(REPO / "pyproject.toml")["project"]["version"]
     assert dreamfleet_version() == version, (
         f"installed metadata says {dreamfleet_version()}, pyproject.toml {version}: reinstall (make setup)")
     return version
