@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = get_stack(args.cuda)
     found = installed_stack()
     trt = found.get("tensorrt") or {}
-    print(f"torch {found['torch']['version']}: CUDA {found['torch']['cuda']}")
-    print(f"onnxruntime {found['onnxruntime']['version']}: built for CUDA {found['onnxruntime']['cuda']}")
+    ort = found["onnxruntime"]
+    print(f"torch {found['torch']['version']}: CUDA {found['torch']['cuda'] or 'none (CPU build)'}")
+    print(f"onnxruntime {ort['version']}: " + (f"built for CUDA {ort['cuda']}" if ort["cuda"] else "CPU build"))
     print(f"TensorRT {trt.get('version', 'not installed')}" + (f" ({trt['package']})" if trt else ""))
     problems = stack_problems(found, stack, args.trt)
     if not problems:
