@@ -153,7 +153,11 @@ class DreamConfig:
         self._validate_layer_weights()
         self._validate_smoothing()
         self._validate_tiling()
-        self.channels = tuple(int(c) for c in self.channels)
+        try:
+            self.channels = tuple(int(c) for c in self.channels)
+        except (TypeError, ValueError, OverflowError):  # e.g. channels = [nan] or [inf] in a job file
+            raise ValueError(f"channels must be channel indices (integers >= 0), got {self.channels!r} "
+                             "(--channels)") from None
         if not isinstance(self.storage_options, dict):
             raise ValueError(f"storage_options must be a table of fsspec options, got {self.storage_options!r}")
         return self

@@ -158,11 +158,18 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def torch_matches(installed: str, stack: Stack) -> bool:
+    """The installed torch is the stack's build: the same version string, or the same version built for the
+    stack's CUDA major (``2.14.1+cu130`` from PyTorch's index is PyPI's CUDA 13 ``2.14.1``)."""
+    base, want = installed.partition("+")[0], stack.torch_version.partition("+")[0]
+    return installed == stack.torch_version or (base == want and local_major(installed) == stack.cuda)
+
+
 def torch_commands(stack: Stack, pip: list[str], installed_torch: str | None) -> list[list[str]]:
     """Install the stack's torch build; force it when another build of the same version is there (history)."""
     index = ["--index-url", stack.torch_index] if stack.torch_index else []
     cmds = []
-    if installed_torch is not None and installed_torch != stack.torch_version:  # +cu126 vs PyPI's, +cpu, other
+    if installed_torch is not None and not torch_matches(installed_torch, stack):  # +cu126 vs PyPI's, +cpu, other
         cmds.append(pip + ["install", "--force-reinstall", "--no-deps", *stack.torch, *index])
     cmds.append(pip + ["install", *stack.torch, *index])
     return cmds

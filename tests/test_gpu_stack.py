@@ -79,7 +79,10 @@ def test_install_forces_the_stack_torch_build_whatever_was_there():
     old = install_commands(s13, py, "dev", False, [], {"torch": "2.14.1+cu126", "onnxruntime": "1.32.0"})
     assert old[0][3:] == ["install", "--force-reinstall", "--no-deps", "torch==2.14.1", "torchvision==0.29.1"]
     assert [py, "-m", "pip", "uninstall", "-y", "onnxruntime"] in old and "tensorrt-cu13>=10.13.2,<11" not in old[-1]
-    assert len(install_commands(s13, py, "dev", True, [], {"torch": "2.14.1"})) == 2  # PyPI's build: kept
+    for same in ("2.14.1", "2.14.1+cu130"):  # PyPI's CUDA 13 build, or the same build from PyTorch's index: kept
+        assert len(install_commands(s13, py, "dev", True, [], {"torch": same})) == 2
+    assert "--force-reinstall" in install_commands(s13, py, "dev", True, [], {"torch": "2.14.1+cpu"})[0]
+    assert "--force-reinstall" in install_commands(s13, py, "dev", True, [], {"torch": "2.13.0"})[0]
     cu12 = install_commands(s12, py, "dev", True, [], {"torch": "2.14.1"})
     assert "--force-reinstall" in cu12[0] and cu12[0][-2:] == ["--index-url", "https://download.pytorch.org/whl/cu126"]
     assert "onnxruntime-gpu[cuda,cudnn]==1.26.0" in cu12[-1] and "constraints-gpu-cu12.txt" in cu12[-1]

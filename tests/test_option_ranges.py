@@ -52,7 +52,9 @@ def test_dream_flag_out_of_range_exits_2_before_writing(flag, value, name, photo
 
 @pytest.mark.parametrize("body,name", [("step = nan", "step"), ("step = inf", "step"), ("octave-scale = nan", "octave_scale"),
                                        ("octaves = inf", "octaves"), ("max_pixels = 0", "max_pixels"),
-                                       ("clamp = \"0,nan\"", "clamp"), ("[dream]\nstep = -inf", "step")])
+                                       ("clamp = \"0,nan\"", "clamp"), ("[dream]\nstep = -inf", "step"),
+                                       ("objective = \"channel\"\nchannels = [inf]", "channels"),
+                                       ("objective = \"channel\"\nchannels = [nan]", "channels")])
 def test_job_file_value_out_of_range_exits_2(body, name, photo, tmp_path, capsys):
     job, out = tmp_path / "job.toml", tmp_path / "out"
     job.write_text(body + "\n")
