@@ -175,8 +175,22 @@ def make_session(path: str | Path, device: str = "cpu", use_trt_provider: bool =
     providers = providers_for(device, use_trt_provider, **provider_kw)
     session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     require_providers(session, providers, ort)  # ORT falls back to CPU silently when CUDA/TensorRT fail to load
+    require_stream(session, providers, provider_kw.get("stream_ptr"))
     return session
 
 
+def require_stream(session, requested: list, stream_ptr: int | None) -> None:
+    """Each GPU provider runs on the stream it was given: the backend joins that stream instead of syncing,
+    so a provider on ORT's own stream would let torch read outputs before they are written."""
+    if not stream_ptr:
+        return
+    options = session.get_provider_options()
+    for name in [p[0] for p in requested if isinstance(p, tuple) and "user_compute_stream" in p[1]]:
+        got = options.get(name, {}).get("user_compute_stream")
+        if got != str(stream_ptr):
+            raise MissingProvider(f"ONNX Runtime's {name} ignored user_compute_stream={stream_ptr} (it runs on "
+                                  f"{got or 'its own stream'}); outputs would race with torch's stream")
+
+
 __all__ = ["MissingProvider", "cuda_provider_options", "import_ort", "installed_tensorrt", "make_session", "missing_library",
-           "ort_build_cuda", "ort_trt_refusal", "providers_for", "require_providers", "trt_provider_options"]
+           "ort_build_cuda", "ort_trt_refusal", "providers_for", "require_providers", "require_stream", "trt_provider_options"]

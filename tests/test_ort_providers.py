@@ -78,6 +78,11 @@ def _fake_ort(got: list[str], available: list[str], cuda: str | None = "13.0"):
         def get_providers(self):
             return list(got)
 
+        def get_provider_options(self):  # what ORT reports back: the stream it really uses
+            asked = {p[0]: p[1] for p in self.asked or [] if isinstance(p, tuple)}
+            return {name: {"user_compute_stream": asked.get(name, {}).get("user_compute_stream", "0")}
+                    for name in got}
+
     info = types.SimpleNamespace(cuda_version=cuda)
     return types.SimpleNamespace(__name__="fake_ort", __version__="1.31.1", InferenceSession=Session,
                                  SessionOptions=lambda: types.SimpleNamespace(), preload_dlls=lambda: None,
@@ -114,6 +119,9 @@ def test_tensorrt_provider_dropped_by_ort_is_an_error(tmp_path, monkeypatch):
     session = make_session(tmp_path / "g.onnx", "cuda", use_trt_provider=True, stream_ptr=5, shapes=[(2, 64, 64)])
     (name, opts), (cuda_name, _), cpu = session.asked
     assert (name, cuda_name, cpu) == tuple(GPU_PROVIDERS) and opts["user_compute_stream"] == "5"
+    monkeypatch.setattr(ok.InferenceSession, "get_provider_options", lambda self: {n: {} for n in GPU_PROVIDERS})
+    with pytest.raises(MissingProvider, match="ignored user_compute_stream=5"):  # on ORT's own stream: a race
+        make_session(tmp_path / "g.onnx", "cuda", use_trt_provider=True, stream_ptr=5, shapes=[(2, 64, 64)])
 
 
 def test_ort_trt_refuses_a_tensorrt_other_than_10(monkeypatch):
