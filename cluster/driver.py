@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamfleet.engine.config import DreamConfig, check_limits, limited
+from dreamfleet.engine.config import DreamConfig
 from dreamfleet.engine.job import prepared_job
+from dreamfleet.engine.limits import check_limits, limited
 from dreamfleet.engine.report import RunReport
 from dreamfleet.engine.runner import BackendFactory
 from dreamfleet.engine.storage import Storage, location

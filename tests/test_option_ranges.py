@@ -12,7 +12,8 @@ from PIL import Image
 
 from dreamfleet.cli import main
 from dreamfleet.cluster.driver import ClusterOptions
-from dreamfleet.engine.config import DreamConfig, Limits, field_limits, make_config
+from dreamfleet.engine.config import DreamConfig, make_config
+from dreamfleet.engine.limits import Limits, field_limits
 
 from conftest import random_rgb
 
