@@ -150,7 +150,8 @@ def providers_for(device: str, use_trt_provider: bool = False, stream_ptr: int |
         ort.preload_dlls()  # ORT >= 1.21: CUDA/cuDNN from torch where compatible, else the nvidia wheels
     if "CUDAExecutionProvider" not in available:
         raise RuntimeError(f"ONNX Runtime has no CUDA execution provider here (available: {', '.join(available)}); "
-                           f"install onnxruntime-gpu (pip install onnxruntime-gpu) with a matching CUDA, or use --device cpu")
+                           f"run make setup-gpu (it swaps onnxruntime for pip install {STACKS['13'].ort}, CUDA 13; "
+                           "docs/gpu-install.md), or use --device cpu")
     dev_id = dev.index or 0
     providers: list = [("CUDAExecutionProvider", cuda_provider_options(dev_id, stream_ptr, cuda_graph)),
                        "CPUExecutionProvider"]
