@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in install_commands(stack, sys.executable, args.extras, args.trt, args.constraint, installed):
         print("+ " + " ".join(cmd), flush=True)
         if subprocess.run(cmd).returncode:
-            print(f"gpu_stack: `{' '.join(cmd[3:5])}` failed (CUDA {stack.cuda} stack); see pip's message above",
+            hint = (f"; tensorrt-cu{stack.cuda}-libs downloads its wheel from pypi.nvidia.com: where that is "
+                    "unreachable, make setup-gpu TRT=0 installs the rest") if args.trt and stack.trt in cmd else ""
+            print(f"gpu_stack: `{' '.join(cmd[3:5])}` failed (CUDA {stack.cuda} stack); see pip's message above{hint}",
                   file=sys.stderr)
             return 1
     return 0
