@@ -177,3 +177,17 @@ def test_setup_gpu_check_on_a_gpu_machine():
     done = subprocess.run([sys.executable, "-m", "dreamfleet.export.gpu_verify", "--cuda",
                            (torch.version.cuda or "13").split(".")[0]], capture_output=True, text=True)
     assert done.returncode == 0 and "gpu stack: OK" in done.stdout, done.stdout + done.stderr
+
+
+def test_install_runs_the_commands_and_names_the_failure(monkeypatch, capsys):
+    ran = []
+
+    def run(cmd):
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1 if STACKS["13"].trt in cmd else 0)
+
+    monkeypatch.setattr(gpu_stack.subprocess, "run", run)
+    monkeypatch.setattr(gpu_stack, "installed_version", {"torch": "2.14.1+cu126", "onnxruntime": "1.32.0"}.get)
+    assert gpu_stack.main(["install", "--cuda", "13", "-c", "constraints.txt"]) == 1
+    assert [c[3] for c in ran] == ["install", "install", "uninstall", "install"]  # forced torch, deps, CPU ORT out
+    assert "make setup-gpu TRT=0" in capsys.readouterr().err
