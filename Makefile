@@ -4,9 +4,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup setup-gpu gpu-check dream test test-fast bench bench-full lint clean
-# CUDA build of torch for GPU machines: a CUDA 12 wheel, the CUDA major onnxruntime-gpu's PyPI wheels are built for
-TORCH_GPU_INDEX ?= https://download.pytorch.org/whl/cu126
+.PHONY: setup setup-gpu gpu-plan gpu-check dream test test-fast bench bench-full lint clean
+# GPU stack (export/gpu_stack.py): CUDA=13 (default; NVIDIA driver r580+) or CUDA=12 (cu126 torch, onnxruntime-gpu
+# 1.26.0, TensorRT 10 for CUDA 12; driver r535+). TRT=0 leaves TensorRT out. DRY_RUN=1 resolves without installing.
+CUDA    ?= 13
+TRT     ?= 1
+DRY_RUN ?=
+GPU_STACK_ARGS = --cuda $(CUDA) -c constraints.txt $(if $(filter 0,$(TRT)),--no-trt)
 
 setup: $(STAMP)
 
@@ -16,14 +20,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cluster,ray-data,video,charts,s3,ort]'
 	touch $(STAMP)
 
-# GPU machines: torch with CUDA, onnxruntime-gpu in place of onnxruntime, Ray. One command: make setup-gpu
+# GPU machines: the pinned stack (one CUDA major for torch, onnxruntime-gpu and TensorRT), then its check:
+# versions and CUDA majors printed, a CUDA session that must really get CUDA. DRY_RUN=1 = make gpu-plan.
 setup-gpu:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 --index-url $(TORCH_GPU_INDEX)
-	-$(PY) -m pip uninstall --quiet -y onnxruntime
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cluster,charts,ort-gpu]'
-	$(PY) -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), '| onnxruntime', o.__version__, o.get_available_providers())"
+ifneq ($(DRY_RUN),)
+	$(PY) export/gpu_stack.py plan $(GPU_STACK_ARGS)
+else
+	$(PY) export/gpu_stack.py install $(GPU_STACK_ARGS)
+	$(PY) -m dreamfleet.export.gpu_verify --cuda $(CUDA) $(if $(filter 0,$(TRT)),--no-trt)
 	touch $(STAMP)
+endif
+
+# Resolve the GPU stack as a fresh machine would (pip install --dry-run --report), install nothing, check the CUDA majors
+gpu-plan:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) export/gpu_stack.py plan $(GPU_STACK_ARGS)
 
 # On a CUDA machine: gpu tests, bench --full on CUDA for every backend, rows named by the device, table vs simulated
 gpu-check: setup-gpu

@@ -95,16 +95,18 @@ def require_ray() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dreamfleet.backends import create_backend, preflight
+    from dreamfleet.engine.preflight import check_inputs_exist
 
     from .driver import ClusterOptions, run_cluster_job
 
     require_ray()
-    cfg, inputs, output = resolve_job(args)
-    preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     opts = ClusterOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
                           retries=args.retries, shard_timeout=args.shard_timeout, shard_size=args.shard_size,
                           torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet,
-                          dashboard=args.dashboard)
+                          dashboard=args.dashboard).validate()  # NaN/inf/out of range: exit 2 before Ray starts
+    cfg, inputs, output = resolve_job(args)
+    check_inputs_exist(inputs)  # none of the inputs exists: a usage error, not a job of failures
+    preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     result = run_cluster_job(cfg, inputs, output, create_backend, opts, progress=args.progress)
     report = result.report
     print(summary_line(result))

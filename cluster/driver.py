@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dreamfleet.engine.config import DreamConfig
 from dreamfleet.engine.job import prepared_job
+from dreamfleet.engine.limits import check_limits, limited
 from dreamfleet.engine.report import RunReport
 from dreamfleet.engine.runner import BackendFactory
 from dreamfleet.engine.storage import Storage, location
@@ -34,15 +35,21 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # shards carry paths, never pixels
 
 @dataclass
 class ClusterOptions:
-    workers: int | None = None  # None: one per GPU (/ gpus_per_worker), else one per CPU core pair
-    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    """The cluster flags of ``dreamfleet run``; numbers carry their valid ranges (checked by ``validate``)."""
+
+    workers: int | None = limited(None, lo=1)  # None: one per GPU (/ gpus_per_worker), else one per CPU core pair
+    gpus_per_worker: float | None = limited(None, lo=0.0)  # None: 1 when the cluster has GPUs, else 0
     address: str | None = None  # None: start a local Ray; "auto" or host:port: join a running cluster
-    retries: int = 2
-    shard_timeout: float = 1800.0  # seconds; 0: never
-    shard_size: int = 0  # 0: automatic
-    torch_threads: int = 1  # per CPU worker
-    contact_sheet: int = 36  # pairs on the sheet (0: none)
+    retries: int = limited(2, lo=0)
+    shard_timeout: float = limited(1800.0, lo=0.0, note="seconds; 0: never")
+    shard_size: int = limited(0, lo=0, note="0: automatic")
+    torch_threads: int = limited(1, lo=1, flag="--threads-per-worker")  # per CPU worker
+    contact_sheet: int = limited(36, lo=0, note="pairs on the sheet; 0: none")
     dashboard: bool = False  # a local Ray starts its dashboard only when asked (--dashboard)
+
+    def validate(self) -> "ClusterOptions":
+        check_limits(self)
+        return self
 
 
 @dataclass

@@ -17,10 +17,13 @@ def dream_folder(inputs, output, **params):
     from dreamfleet.engine.config import make_config
     from dreamfleet.engine.job import run_job
 
+    from dreamfleet.engine.preflight import check_inputs_exist
+
     cfg = make_config(params.pop("preset", None), overrides=params)
+    inputs = [str(i) for i in ([inputs] if isinstance(inputs, str) else inputs)]
+    check_inputs_exist(inputs)
     preflight(cfg)
-    return run_job(cfg, [str(i) for i in ([inputs] if isinstance(inputs, str) else inputs)], output, create_backend,
-                   progress=False)
+    return run_job(cfg, inputs, output, create_backend, progress=False)
 
 
 __all__ = ["__version__", "dream_folder"]

@@ -25,9 +25,11 @@ _PLUGINS = ("dreamfleet.export.commands", "dreamfleet.cluster.commands", "dreamf
 def cmd_dream(args: argparse.Namespace) -> int:
     from dreamfleet.backends import create_backend, preflight
     from dreamfleet.engine.job import run_job
+    from dreamfleet.engine.preflight import check_inputs_exist
     from dreamfleet.options import config_from_args
 
     cfg = config_from_args(args)
+    check_inputs_exist(args.inputs)  # none of the inputs exists: a usage error, not a job of failures
     preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     log.debug("config: %s", config_to_dict(cfg))
     report = run_job(cfg, args.inputs, args.output, create_backend, progress=args.progress)

@@ -8,7 +8,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dreamfleet.engine.config import LAP_LEVELS_RANGE, PRESETS, SMOOTH_SIGMA_MAX, DreamConfig, load_toml, make_config
+from dreamfleet.engine.config import (
+    LAP_LEVELS_RANGE,
+    PRESETS,
+    SMOOTH_SIGMA_MAX,
+    DreamConfig,
+    field_limits,
+    load_toml,
+    make_config,
+)
 from dreamfleet.engine.models import list_models
 from dreamfleet.engine.vocabulary import (
     BACKENDS,
@@ -23,6 +31,7 @@ from dreamfleet.engine.vocabulary import (
 )
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamConfig)}
+_LIMITS = field_limits(DreamConfig)  # numeric options' ranges, shown in --help and checked in DreamConfig.validate
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -38,7 +47,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     def opt(flag: str, field: str, help: str, **kw) -> None:
         default = _DEFAULTS[field]
         shown = "the model's default layer" if field == "layer" else default
-        g.add_argument(flag, dest=field, default=None, help=f"{help} (default: {shown})", **kw)
+        valid = f"; valid: {_LIMITS[field].describe(kw.get('type') is int)}" if field in _LIMITS else ""
+        g.add_argument(flag, dest=field, default=None, help=f"{help} (default: {shown}{valid})", **kw)
 
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     p.add_argument("-o", "--output", required=True, help="output folder; results mirror the inputs' relative paths")

@@ -9,15 +9,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomllib
 
+from .limits import Limits, check_limits, field_limits, limited
 from .vocabulary import COMPILE_MODES, GRAD_NORMS, INTERPOLATIONS, OUTPUT_FORMATS, PRECISIONS, SMOOTH_MODES, STEP_UNITS
 
 SMOOTH_SIGMA_MAX = 10.0  # px; --smooth-sigma values lie in [0, SMOOTH_SIGMA_MAX]
 LAP_LEVELS_RANGE = (1, 8)  # --lap-levels: bands of the Laplacian pyramid
+OCTAVE_SCALE_MAX = 10.0  # --octave-scale lies in (1, OCTAVE_SCALE_MAX]
 # smoothing fields a mode does not use are left out of the parameter hash, so the hashes of
 # jobs without smoothing (classic, seed, every existing output folder) are what they were before
 _SMOOTH_UNUSED = {"none": ("smooth", "smooth_sigma", "lap_levels"), "gaussian": ("lap_levels",),
@@ -42,33 +45,33 @@ class DreamConfig:
     weights: str | None = None  # local .safetensors / .pth
     random_weights: bool = False
     # the octave ascent
-    octaves: int = 4
-    octave_scale: float = 1.4
-    iterations: int = 10
-    step: float = 1.5
+    octaves: int = limited(4, lo=1)
+    octave_scale: float = limited(1.4, lo=1.0, hi=OCTAVE_SCALE_MAX, lo_open=True)
+    iterations: int = limited(10, lo=1)
+    step: float = limited(1.5, lo=0.0, lo_open=True)
     step_units: str = "pixel"  # pixel: step in 0-255 pixel units (Google); normalized: model-input units (seed)
     grad_norm: str = "mean_abs"  # mean_abs: g / mean|g| (Google); l2: g / ||g|| (seed); per image always
-    jitter: int = 32  # max random roll in pixels, undone after each step
+    jitter: int = limited(32, lo=0)  # max random roll in pixels, undone after each step
     clamp: str = "pixel"  # "pixel": keep the valid [0,1] pixel range; "LO,HI": clamp in normalized units
     interpolation: str = "bilinear"  # octave resampling
     # gradient smoothing, between the backend's gradient and the update (engine/smoothing.py)
     smooth: str = "none"  # none | gaussian | laplacian
     smooth_sigma: str = "0.5,2"  # gaussian: "START,END" px over an octave's iterations, or one value
-    lap_levels: int = 4  # laplacian: bands (levels - 1 band-pass + the low-pass residual)
+    lap_levels: int = limited(4, lo=LAP_LEVELS_RANGE[0], hi=LAP_LEVELS_RANGE[1])  # laplacian: bands (levels - 1 band-pass + the low-pass residual)
     # image sizes
-    max_side: int = 512  # downscale so the longer side is at most this (0: keep)
-    snap: int = 32  # round sides to a multiple of this, so images fall into few shape buckets
-    fixed_size: int = 0  # >0: resize every image to fixed_size x fixed_size (the seed article does 224)
-    max_pixels: int = 100_000_000  # larger images are recorded as failures, never decoded
+    max_side: int = limited(512, lo=0, note="0: keep")  # downscale so the longer side is at most this (0: keep)
+    snap: int = limited(32, lo=1)  # round sides to a multiple of this, so images fall into few shape buckets
+    fixed_size: int = limited(0, lo=0, note="0: off")  # >0: resize every image to fixed_size x fixed_size (the seed article does 224)
+    max_pixels: int = limited(100_000_000, lo=1)  # larger images are recorded as failures, never decoded
     output_format: str = "same"  # same: input's format and name; else NAME.EXT.<format>
     # tiling (issue 10): octaves larger than one window (tile + 2 * tile_overlap) are dreamed in tiles
-    tile: int = 0  # tile core side, px (0: off)
-    tile_overlap: int = 64  # context around each tile whose gradient is discarded, px
+    tile: int = limited(0, lo=0, note="0: off, else >= 32")  # tile core side, px (0: off)
+    tile_overlap: int = limited(64, lo=0)  # context around each tile whose gradient is discarded, px
     # execution
-    batch_size: int = 8
-    threads: int = 0  # torch intra-op threads for an in-process job (0: torch's default, one per core)
-    io_threads: int = 0  # decode and write threads, each pool (0: Ray's CPUs for the actor, else the cores)
-    seed: int = 0
+    batch_size: int = limited(8, lo=1)
+    threads: int = limited(0, lo=0, note="0: one per core")  # torch intra-op threads for an in-process job (0: torch's default, one per core)
+    io_threads: int = limited(0, lo=-1, note="0: automatic, -1: inline")  # decode and write threads, each pool (0: Ray's CPUs for the actor, else the cores)
+    seed: int = limited(0, lo=0)
     precision: str = "fp32"
     backend: str = "eager"
     device: str = "auto"
@@ -94,30 +97,22 @@ class DreamConfig:
         _choice("grad_norm", self.grad_norm, GRAD_NORMS)
         _choice("interpolation", self.interpolation, INTERPOLATIONS)
         _choice("output_format", self.output_format, OUTPUT_FORMATS)
-        for name in ("octaves", "iterations", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.octave_scale <= 1.0:
-            raise ValueError(f"octave_scale must be > 1, got {self.octave_scale}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
-        if self.io_threads < -1:
-            raise ValueError(f"io_threads must be >= 0 (0: automatic) or -1 (inline, no overlap), got {self.io_threads}")
-        if self.jitter < 0 or self.snap < 1 or self.max_side < 0 or self.fixed_size < 0:
-            raise ValueError("jitter, max_side and fixed_size must be >= 0 and snap >= 1")
+        check_limits(self)  # every number finite and inside its documented range (the fields' Limits)
         self.clamp_range()  # parses
+        self._validate_layer_weights()
         self._validate_smoothing()
         self._validate_tiling()
-        self.channels = tuple(int(c) for c in self.channels)
+        try:
+            self.channels = tuple(int(c) for c in self.channels)
+        except (TypeError, ValueError, OverflowError):  # e.g. channels = [nan] or [inf] in a job file
+            raise ValueError(f"channels must be channel indices (integers >= 0), got {self.channels!r} "
+                             "(--channels)") from None
         if not isinstance(self.storage_options, dict):
             raise ValueError(f"storage_options must be a table of fsspec options, got {self.storage_options!r}")
         return self
 
     def _validate_smoothing(self) -> None:
         _choice("smooth", self.smooth, SMOOTH_MODES)
-        lo, hi = LAP_LEVELS_RANGE
-        if not lo <= self.lap_levels <= hi:
-            raise ValueError(f"lap_levels must be in {lo}..{hi} (Laplacian bands), got {self.lap_levels}")
         self.smooth_sigma = ",".join(f"{s:g}" for s in self.sigma_range())  # canonical, for the hash
 
     def sigma_range(self) -> tuple[float, float]:
@@ -128,16 +123,14 @@ class DreamConfig:
         try:
             values = [float(v) for v in parts]
         except (TypeError, ValueError):
-            raise ValueError(f"smooth_sigma must be {valid}, got {raw!r}") from None
+            raise ValueError(f"smooth_sigma must be {valid}, got {raw!r} (--smooth-sigma)") from None
         if len(values) == 1:
             values *= 2
         if len(values) != 2 or not all(0.0 <= v <= SMOOTH_SIGMA_MAX for v in values):
-            raise ValueError(f"smooth_sigma must be {valid}, got {raw!r}")
+            raise ValueError(f"smooth_sigma must be {valid}, got {raw!r} (--smooth-sigma)")
         return values[0], values[1]
 
     def _validate_tiling(self) -> None:
-        if self.tile < 0 or self.tile_overlap < 0:
-            raise ValueError(f"tile and tile_overlap must be >= 0 (tile 0: off), got {self.tile}, {self.tile_overlap}")
         if self.tile and self.tile < 32:
             raise ValueError(f"tile must be 0 (off) or >= 32 px, got {self.tile}")
         if self.tile:
@@ -167,7 +160,7 @@ class DreamConfig:
                 continue
             try:
                 converted = kind(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # int(inf) overflows, int(nan) is a ValueError
                 raise ValueError(f"{f.name} must be {'an integer' if kind is int else 'a number'}, "
                                  f"got {value!r}") from None
             if kind is int and isinstance(value, float) and converted != value:
@@ -182,9 +175,19 @@ class DreamConfig:
             lo, hi = (float(v) for v in str(self.clamp).split(","))
         except ValueError:
             raise ValueError(f"clamp must be 'pixel' or 'LO,HI' (e.g. '-3,3'), got {self.clamp!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"clamp LO and HI must be finite numbers, got {self.clamp!r} (--clamp)")
         if lo >= hi:
             raise ValueError(f"clamp LO must be < HI, got {self.clamp!r}")
         return lo, hi
+
+    def _validate_layer_weights(self) -> None:
+        """``--layer NAME:WEIGHT,...``: each weight finite, not all zero (a zero objective has no gradient)."""
+        from .objectives import parse_layers
+
+        weights = [w for _, w in parse_layers(self.layer)]
+        if not all(math.isfinite(w) for w in weights) or not any(weights):
+            raise ValueError(f"layer weights must be finite numbers, not all 0, got {self.layer!r} (--layer)")
 
     def hashed_params(self) -> dict:
         unused = _NOT_HASHED.union(_SMOOTH_UNUSED.get(self.smooth, ()))
@@ -280,6 +283,6 @@ def _redacted(options: dict) -> dict:
             ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in options.items()}
 
 
-__all__ = ["DreamConfig", "GRAD_NORMS", "INTERPOLATIONS", "LAP_LEVELS_RANGE", "OUTPUT_FORMATS", "PRECISIONS", "PRESETS",
-           "SMOOTH_MODES", "SMOOTH_SIGMA_MAX", "STEP_UNITS", "config_to_dict", "field", "load_toml", "make_config",
-           "read_toml"]
+__all__ = ["DreamConfig", "GRAD_NORMS", "INTERPOLATIONS", "LAP_LEVELS_RANGE", "Limits", "OCTAVE_SCALE_MAX", "OUTPUT_FORMATS",
+           "PRECISIONS", "PRESETS", "SMOOTH_MODES", "SMOOTH_SIGMA_MAX", "STEP_UNITS", "check_limits", "config_to_dict",
+           "field", "field_limits", "limited", "load_toml", "make_config", "read_toml"]

@@ -7,6 +7,7 @@ are not checked here: an unreadable one becomes a failure record and the rest pr
 """
 from __future__ import annotations
 
+import glob
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .config import DreamConfig
 from .imageio import ImageLoadError, load_image
 from .models import get_spec
 from .objectives import GUIDED_KINDS, parse_layers
+from .storage import is_url
 
 
 class BadOptionFile(ValueError):
@@ -33,6 +35,25 @@ def existing_file(option: str, value: str | Path) -> Path:
     if not path.is_file():
         raise BadOptionFile(f"{option} {path}: no such file")
     return path
+
+
+def names_something(raw: str) -> bool:
+    """A local input names a file or folder, or is a glob matching at least one path."""
+    path = raw[len("file://"):] if raw.lower().startswith("file://") else raw
+    return Path(path).exists() or (glob.has_magic(path) and any(True for _ in glob.iglob(path, recursive=True)))
+
+
+def check_inputs_exist(inputs: list[str]) -> None:
+    """When *none* of the inputs names anything, a usage error listing them (exit 2, nothing written).
+
+    One missing input among existing ones stays a per-input failure record of the job (``inputs.discover``);
+    object-store URLs are checked by the job itself (that needs the network), so any URL skips this check.
+    """
+    if not inputs or any(is_url(raw) for raw in inputs):
+        return
+    missing = [raw for raw in inputs if not names_something(raw)]
+    if len(missing) == len(inputs):
+        raise BadOptionFile(f"no such file or folder: {', '.join(missing)}")
 
 
 def check_weights_file(path: str | Path) -> None:
@@ -99,5 +120,5 @@ def check_job_options(cfg: DreamConfig) -> None:
     check_channels(cfg)
 
 
-__all__ = ["BadOptionFile", "check_channels", "check_guide", "check_job_options", "check_weights_file", "existing_file",
-           "layer_channels"]
+__all__ = ["BadOptionFile", "check_channels", "check_guide", "check_inputs_exist", "check_job_options", "check_weights_file",
+           "existing_file", "layer_channels", "names_something"]

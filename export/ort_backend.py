@@ -31,6 +31,7 @@ from dreamfleet.engine.backends.base import Backend
 from .graph import INPUT_NAME, OUTPUT_NAMES
 from .onnx_export import cached_export, check_metadata, expected_metadata, read_metadata
 from .ort_session import (  # noqa: F401  (the loaders, re-exported for callers of this module)
+    MissingProvider,
     cuda_provider_options,
     import_ort,
     make_session,
@@ -77,10 +78,11 @@ class OnnxRuntimeBackend(Backend):
         if self.device.type == "cuda":
             with torch.cuda.device(self.device):
                 self.stream = torch.cuda.Stream(self.device)  # non-default: ORT ignores a null stream
-            kw = dict(stream_ptr=self.stream.cuda_stream, cuda_graph=self.cuda_graph and bool(shapes), shapes=shapes,
-                      fp16=self.metadata.get("precision") == "fp16")
+            kw = dict(stream_ptr=self.stream.cuda_stream, cuda_graph=self.cuda_graph and bool(shapes), shapes=shapes)
         try:
             self.session = make_session(self.path, str(self.device), self.use_trt_provider, **kw)
+        except MissingProvider:  # CUDA/TensorRT did not load: no retry, no CPU run
+            raise
         except Exception as exc:  # CUDA graphs refuse graphs with CPU-placed nodes
             if not kw.get("cuda_graph"):
                 raise

@@ -1,4 +1,4 @@
-"""The TensorRT loader: engines built from the gradient ONNX file, cached on disk, checked on load (TensorRT 10).
+"""The TensorRT loader: engines built from the gradient ONNX file, cached on disk, checked on load (TensorRT 10, 11).
 
 One engine per job image size (H, W), each with a single optimization profile: H and W exact,
 N from 1 to the largest planned batch (opt = that batch). Engines are cached under
@@ -10,7 +10,8 @@ is checked, and a deserialized engine's I/O names, modes and dtypes are validate
 graph's contract. The runner (``export.trt_backend``) only executes what this module loads,
 as ``ort_session`` / ``ort_backend`` split ONNX Runtime (Polygraphy's loader / runner).
 
-Precision guard: the network is created STRONGLY_TYPED (ignored and always on in TensorRT 11), so
+Precision guard: the network is created STRONGLY_TYPED on TensorRT 10 (with no flags on 11+, where it is
+always strongly typed and the flag is deprecated), so
 TensorRT keeps every tensor in the type the ONNX file gives it. fp16/bf16 use a graph exported in
 that precision (features in half, objective and I/O in fp32); TensorRT cannot run the max-pool
 mask's ``Equal`` in one precision and the window max in another, which would silently zero the
@@ -28,10 +29,11 @@ import torch
 from dreamfleet.engine.atomic import atomic_write, file_digest
 
 from .cache import cache_root
+from .gpu_stack import STACKS
 from .graph import INPUT_NAME, OUTPUT_NAMES
 
 __all__ = ["TRT_PRECISIONS", "WORKSPACE_BYTES", "build_engine", "check_device", "check_io", "engine_cache_dir",
-           "engine_cache_key", "import_trt", "load_engine", "profile_shapes", "timing_cache_path"]
+           "engine_cache_key", "import_trt", "load_engine", "network_flags", "profile_shapes", "timing_cache_path"]
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +41,28 @@ TRT_PRECISIONS = ("fp32", "fp16", "bf16")
 WORKSPACE_BYTES = 4 << 30
 
 
+INSTALL_HINT = (f"make setup-gpu (pip install '{STACKS['13'].trt}' for CUDA 13, driver r580+; make setup-gpu CUDA=12 "
+                f"installs {STACKS['12'].trt} for older drivers)")
+
+
 def import_trt():
     """tensorrt, or an ImportError that names what is missing and how to install it."""
     try:
         import tensorrt
     except ImportError as exc:
-        raise ImportError("the tensorrt backend needs TensorRT 10 and a CUDA GPU: pip install tensorrt "
-                          "(NVIDIA's wheels, CUDA 12), then run with --device cuda; or use --backend onnxruntime") from exc
+        raise ImportError(f"the tensorrt backend needs TensorRT 10 or 11 and a CUDA GPU: {INSTALL_HINT}, then run "
+                          "with --device cuda; or use --backend onnxruntime") from exc
     if int(tensorrt.__version__.split(".")[0]) < 10:
-        raise ImportError(f"the tensorrt backend needs TensorRT >= 10, found {tensorrt.__version__}: pip install -U tensorrt")
+        raise ImportError(f"the tensorrt backend needs TensorRT >= 10, found {tensorrt.__version__}: {INSTALL_HINT}")
     return tensorrt
+
+
+def network_flags(trt) -> int:
+    """``create_network`` flags: STRONGLY_TYPED on TensorRT 10; none on 11+, where networks are always strongly
+    typed and the flag is deprecated and ignored."""
+    if int(str(trt.__version__).split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def check_device(device: torch.device) -> None:
@@ -107,7 +121,7 @@ def build_engine(onnx_path: str | Path, shapes: list[tuple[int, int, int]], work
     trt = import_trt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]

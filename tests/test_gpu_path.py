@@ -160,6 +160,7 @@ def test_simulated_bench_row(tmp_path):
 
 
 def test_ort_provider_options_are_explicit(tmp_path, monkeypatch):
+    """Option names and value formats as ONNX Runtime 1.31 parses them (tests/test_ort_providers.py checks more)."""
     from dreamfleet.export.ort_backend import cuda_provider_options, trt_provider_options
 
     monkeypatch.setenv("DREAMFLEET_CACHE", str(tmp_path))
@@ -167,10 +168,11 @@ def test_ort_provider_options_are_explicit(tmp_path, monkeypatch):
     assert opts["device_id"] == "1" and opts["cudnn_conv_algo_search"] == "HEURISTIC"
     assert opts["enable_cuda_graph"] == "1" and "user_compute_stream" not in opts  # 0 = the null stream: not set
     opts = cuda_provider_options(0, 1234, cuda_graph=False)
-    assert opts["user_compute_stream"] == "1234" and opts["has_user_compute_stream"] == "1"
-    trt = trt_provider_options(0, 99, [(8, 64, 96), (8, 45, 67), (3, 64, 96)], fp16=True)
+    assert opts["user_compute_stream"] == "1234" and "has_user_compute_stream" not in opts  # implied by ORT
+    trt = trt_provider_options(0, 99, [(8, 64, 96), (8, 45, 67), (3, 64, 96)])
     assert trt["trt_profile_min_shapes"] == "x:1x3x45x67" and trt["trt_profile_max_shapes"] == "x:8x3x64x96"
-    assert trt["trt_engine_cache_path"].startswith(str(tmp_path)) and trt["trt_timing_cache_enable"] == "1"
+    assert trt["trt_engine_cache_path"].startswith(str(tmp_path)) and trt["trt_timing_cache_enable"] == "True"
+    assert trt["trt_fp16_enable"] == "False" and trt["user_compute_stream"] == "99"
 
 
 def test_ort_tensorrt_provider_only_on_request(monkeypatch):

@@ -46,7 +46,7 @@ def test_engine_cache_key_covers_onnx_shapes_precision_version_gpu():
 
 def test_missing_tensorrt_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    with pytest.raises(ImportError, match="pip install tensorrt"):
+    with pytest.raises(ImportError, match=r"pip install .tensorrt-cu13>=10\.13\.2,<11. for CUDA 13, driver r580\+"):
         import_trt()
     dm = build_dream_model("vgg16", "features.3", random_weights=True)
     cfg = make_config(overrides=dict(model="vgg16", layer="features.3", backend="tensorrt", random_weights=True))
