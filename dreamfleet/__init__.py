@@ -16,7 +16,6 @@ def dream_folder(inputs, output, **params):
     from dreamfleet.backends import create_backend, preflight
     from dreamfleet.engine.config import make_config
     from dreamfleet.engine.job import run_job
-
     from dreamfleet.engine.preflight import check_inputs_exist
 
     cfg = make_config(params.pop("preset", None), overrides=params)
