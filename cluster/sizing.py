@@ -15,8 +15,14 @@ import logging
 from dreamfleet.engine.config import DreamConfig
 
 from .pool import PoolOptions
-from .resources import (CPU_WORKER_CPUS, MIN_CPUS, alive_node_resources, gpu_worker_cpus, request_bundles,
-                        wait_for_gpu_nodes)
+from .resources import (
+    CPU_WORKER_CPUS,
+    MIN_CPUS,
+    alive_node_resources,
+    gpu_worker_cpus,
+    request_bundles,
+    wait_for_gpu_nodes,
+)
 
 log = logging.getLogger(__name__)
 
