@@ -4,8 +4,8 @@ Each actor is created with ``num_gpus=gpus_per_worker`` (Ray pins its GPU throug
 ``CUDA_VISIBLE_DEVICES``) and ``num_cpus=cpus_per_worker`` (sized to the node by
 ``cluster.sizing``; the actor's decode and write threads come from it). GPU actors are started
 as the alive nodes can hold them (``resources.worker_capacity``), re-checked every few seconds,
-so nodes an autoscaler adds mid-job get actors, up to ``workers``. At most ``depth`` shards are outstanding per actor; ``ray.wait``
-collects them as they finish. Fault handling:
+so nodes an autoscaler adds mid-job get actors, up to ``workers``. At most ``depth`` shards
+are outstanding per actor; ``ray.wait`` collects them as they finish. Fault handling:
 
 * a worker process that dies: the actor is killed and recreated, the shard it was running
   is charged one failure and split in halves, the others queued on it are requeued as is;
