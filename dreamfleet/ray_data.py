@@ -66,15 +66,18 @@ def load_stage_config(config, output=None) -> tuple[DreamConfig, str]:
 
 def mirror_rel(path: str, root: str | None) -> str:
     """The output-relative name of ``path``: below ``root`` if it lies there, else its whole path."""
+    def full(p) -> str:
+        loc = location(p)
+        return str(loc) if isinstance(loc, URL) else loc.resolve().as_posix()
+
     if root is not None:
-        base = str(location(root)).rstrip("/") + "/"
-        full = str(location(path))
-        if full.startswith(base):
-            return full[len(base):]
+        base = full(root).rstrip("/") + "/"
+        if full(path).startswith(base):
+            return full(path)[len(base):]
     loc = location(path)
     if isinstance(loc, URL):
         return loc.path  # bucket/key
-    return PurePosixPath(loc.resolve().as_posix()).relative_to("/").as_posix()
+    return PurePosixPath(full(loc)).relative_to("/").as_posix()
 
 
 class DreamStage:

@@ -50,3 +50,8 @@ def test_batch_rows_skips_duplicates_and_foreign_outputs(tmp_path):
     with pytest.raises(ValueError, match="other parameters"):  # a folder claimed by another job is refused
         DreamStage(tiny_config(device="cpu", iterations=2), str(out))
     assert Path(out / ".dreamfleet" / "job.json").exists()
+
+
+def test_relative_root_matches_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert mirror_rel(str(tmp_path / "in" / "a" / "x.png"), "in") == "a/x.png"
