@@ -84,7 +84,8 @@ class DreamWorker:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "device": str(self.runner.device), "cpus": assigned_cpus(), "torch_threads": torch.get_num_threads(),
                 "build_seconds": round(self.build_seconds, 3), "backend": self.runner.backend.describe(),
-                "io_threads": self.runner.io_threads}
+                "io_threads": self.runner.io_threads,  # per pool; -1: inline on the device thread
+                "decode_threads": max(0, self.runner.io_threads), "write_threads": max(0, self.runner.io_threads)}
 
     def prepare(self, shapes: list[tuple[int, int, int]] | None = None) -> float:
         """``runner.prepare(shapes)`` once (default: the shapes given at construction); returns its seconds."""

@@ -36,6 +36,7 @@ def test_gpu_actors_take_the_nodes_cpus_per_gpu(scenarios):
     assert len(workers) == 2
     for w in workers.values():  # 16 CPUs / 2 GPUs, no reserve below 32 CPUs: 8 each, threads sized from them
         assert w["cpus"] == 8 and w["io_threads"] == 8 and w["torch_threads"] == 1 and len(w["gpu_ids"]) == 1
+        assert w["decode_threads"] == w["write_threads"] == 8
     assert sum(w["done"] for w in workers.values()) == 4
 
 
