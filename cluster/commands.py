@@ -17,6 +17,7 @@ from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
 log = logging.getLogger(__name__)
 
 JOB_KEYS = ("inputs", "output")  # job-file keys that are not dream parameters
+CLUSTER_FILE_KEYS = ("cpus_per_worker",)  # job-file keys (dashes allowed) for the cluster flags of the same name
 
 
 def add_parser(subparsers) -> None:
@@ -44,6 +45,13 @@ def add_parser(subparsers) -> None:
                    help="seconds a worker may stay silent on a shard before it is killed as hung (default: 1800)")
     g.add_argument("--shard-size", type=int, default=0, help="images per shard (default: 0 = automatic)")
     g.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per CPU worker (default: 1)")
+    g.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs each actor asks Ray for; its decode and write threads are sized from them (default: "
+                        "a GPU node's CPUs per GPU less 1 in 32 for Ray; 0.25 for CPU workers; job-file key "
+                        "cpus-per-worker)")
+    g.add_argument("--start-timeout", type=float, default=300.0,
+                   help="seconds to wait for GPU nodes (asked of the autoscaler on a joined cluster) and for the "
+                        "first worker to start (default: 300)")
     g.add_argument("--contact-sheet", type=int, default=36, metavar="N",
                    help="input/dream pairs on the contact sheet (default: 36; 0: none)")
     g.add_argument("--dashboard", action="store_true", default=False,
@@ -73,7 +81,10 @@ def resolve_job(args: argparse.Namespace):
             job["inputs"] = [p if is_url(p) else str(base / location(p)) for p in listed]
         if "output" in raw:
             job["output"] = raw["output"] if is_url(raw["output"]) else str(base / location(raw["output"]))
-        file_values = {k: v for k, v in load_toml(config).items() if k not in JOB_KEYS}
+        file_values = {k: v for k, v in load_toml(config).items() if k not in JOB_KEYS + CLUSTER_FILE_KEYS}
+        for key, value in load_toml(config).items():
+            if key in CLUSTER_FILE_KEYS and getattr(args, key, None) is None:  # the flag wins over the file
+                setattr(args, key, value)
     inputs = inputs or job.get("inputs", [])
     output = args.output or job.get("output")
     if not inputs:
@@ -100,12 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .driver import ClusterOptions, run_cluster_job
 
     require_ray()
+    cfg, inputs, output = resolve_job(args)
+    check_inputs_exist(inputs)  # none of the inputs exists: a usage error, not a job of failures
+    check_cluster_flags(args)  # a job file's cpus-per-worker may be any TOML value
     opts = ClusterOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
                           retries=args.retries, shard_timeout=args.shard_timeout, shard_size=args.shard_size,
                           torch_threads=args.threads_per_worker, contact_sheet=args.contact_sheet,
-                          dashboard=args.dashboard).validate()  # NaN/inf/out of range: exit 2 before Ray starts
-    cfg, inputs, output = resolve_job(args)
-    check_inputs_exist(inputs)  # none of the inputs exists: a usage error, not a job of failures
+                          dashboard=args.dashboard, cpus_per_worker=args.cpus_per_worker,
+                          start_timeout=args.start_timeout).validate()  # NaN/inf/out of range: exit 2 before Ray
     preflight(cfg)  # bad --weights/--guide/--onnx/--channels: exit 2 before anything is written
     result = run_cluster_job(cfg, inputs, output, create_backend, opts, progress=args.progress)
     report = result.report
@@ -119,6 +132,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def check_cluster_flags(args: argparse.Namespace) -> None:
+    """Bad cluster values are one-line errors (exit 2) before anything is written."""
+    cpw = args.cpus_per_worker
+    if cpw is not None and (isinstance(cpw, bool) or not isinstance(cpw, (int, float)) or cpw <= 0):
+        raise ValueError(f"--cpus-per-worker (job-file key cpus-per-worker) must be a number > 0, got {cpw!r}")
+    if args.start_timeout < 0:
+        raise ValueError(f"--start-timeout must be >= 0 seconds, got {args.start_timeout:g}")
+
+
 def summary_line(result) -> str:
     extra = result.report.extra
     workers = extra.get("workers", {})
@@ -127,4 +149,4 @@ def summary_line(result) -> str:
             f"{len(result.reconciliation['unaccounted'])} unaccounted")
 
 
-__all__ = ["JOB_KEYS", "add_parser", "cmd_run", "require_ray", "resolve_job", "summary_line"]
+__all__ = ["CLUSTER_FILE_KEYS", "JOB_KEYS", "add_parser", "check_cluster_flags", "cmd_run", "require_ray", "resolve_job", "summary_line"]

@@ -25,8 +25,9 @@ from dreamfleet.engine.storage import Storage, location
 
 from .contact_sheet import SHEET_NAME, make_contact_sheet
 from .manifest import auto_shard_size, build_manifest, make_shards, reconcile
-from .pool import PoolOptions, WorkerPool
+from .pool import WorkerPool
 from .progress import Progress
+from .sizing import pool_options_for, resolve_pool_options
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ClusterOptions:
     shard_timeout: float = limited(1800.0, lo=0.0, note="seconds; 0: never")
     shard_size: int = limited(0, lo=0, note="0: automatic")
     torch_threads: int = limited(1, lo=1, flag="--threads-per-worker")  # per CPU worker
+    cpus_per_worker: float | None = limited(None, lo=0.0, lo_open=True, note="None: a GPU node's CPUs per GPU less a reserve; 0.25 for CPU workers")
+    start_timeout: float = limited(300.0, lo=0.0, note="seconds to wait for GPU nodes / the first worker")
     contact_sheet: int = limited(36, lo=0, note="pairs on the sheet; 0: none")
     dashboard: bool = False  # a local Ray starts its dashboard only when asked (--dashboard)
 
@@ -80,24 +83,6 @@ def connect(address: str | None, dashboard: bool = False):
     return ray, True
 
 
-def resolve_pool_options(opts: ClusterOptions, resources: dict) -> PoolOptions:
-    """Fill the defaults from the cluster's resources; refuse asks the cluster can never satisfy."""
-    gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-    gpw = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
-    if gpw > 0 and gpus < gpw:
-        raise ValueError(f"--gpus-per-worker {gpw} but the cluster has {gpus:g} GPUs; valid: 0 (CPU workers) "
-                         f"or a value <= {gpus:g}")
-    if opts.workers is not None:
-        workers = opts.workers
-        if gpw > 0 and workers * gpw > gpus:
-            raise ValueError(f"--workers {workers} x --gpus-per-worker {gpw:g} needs {workers * gpw:g} GPUs; the "
-                             f"cluster has {gpus:g}; valid: --workers <= {int(gpus // gpw)}")
-    else:
-        workers = int(gpus // gpw) if gpw > 0 else max(1, int(cpus) // 2)
-    return PoolOptions(workers=workers, gpus_per_worker=gpw, retries=opts.retries, torch_threads=opts.torch_threads,
-                       shard_timeout=opts.shard_timeout).validate()
-
-
 def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_factory: BackendFactory,
                     opts: ClusterOptions | None = None, progress: bool | None = None) -> ClusterResult:
     """Dream every input into ``out_dir`` on a Ray actor pool; writes and returns the report."""
@@ -127,8 +112,9 @@ def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, ba
 def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started) -> None:
     ray, started_here = connect(opts.address, opts.dashboard)
     try:
+        joined = bool(opts.address or os.environ.get("RAY_ADDRESS")) or not started_here  # may autoscale
+        pool_opts = pool_options_for(ray, opts, cfg, can_grow=joined)  # may wait for GPU nodes
         resources = ray.cluster_resources()
-        pool_opts = resolve_pool_options(opts, resources)
         shard_size = opts.shard_size or auto_shard_size(len(plan.todo), pool_opts.workers, cfg.batch_size)
         shards = make_shards(plan.todo, shard_size)
         nodes = [n for n in ray.nodes() if n.get("Alive")]

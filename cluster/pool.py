@@ -1,9 +1,11 @@
 """The actor pool: create one Ray actor per worker slot, hand out shards with backpressure, retry.
 
 Each actor is created with ``num_gpus=gpus_per_worker`` (Ray pins its GPU through
-``CUDA_VISIBLE_DEVICES``) and a small ``num_cpus`` share, so actors never starve Ray's own
-tasks on small machines. At most ``depth`` shards are outstanding per actor; ``ray.wait``
-collects them as they finish. Fault handling:
+``CUDA_VISIBLE_DEVICES``) and ``num_cpus=cpus_per_worker`` (sized to the node by
+``cluster.sizing``; the actor's decode and write threads come from it). GPU actors are started
+as the alive nodes can hold them (``resources.worker_capacity``), re-checked every few seconds,
+so nodes an autoscaler adds mid-job get actors, up to ``workers``. At most ``depth`` shards
+are outstanding per actor; ``ray.wait`` collects them as they finish. Fault handling:
 
 * a worker process that dies: the actor is killed and recreated, the shard it was running
   is charged one failure and split in halves, the others queued on it are requeued as is;
@@ -34,6 +36,7 @@ from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import BackendFactory, WorkItem
 from dreamfleet.engine.storage import Storage, is_url
 
+from .resources import alive_node_resources, request_bundles, worker_capacity
 from .retry import RetryPolicy
 from .worker import DreamWorker, ShardResult
 
@@ -86,6 +89,7 @@ class Slot:
     ready: bool = False
     start_failures: int = 0
     retired: bool = False
+    started: bool = False  # an actor was created for it (GPU slots wait until a node can hold one)
     active_since: float = 0.0  # perf_counter of its last sign of life while it has shards
 
     @property
@@ -141,6 +145,7 @@ class WorkerPool:
         self.shard_ids = itertools.count()
         self.first_ready: float | None = None  # perf_counter when the first worker came up
         self.last_progress = time.perf_counter()  # a worker came up or a shard came back
+        self.last_grow = 0.0  # perf_counter of the last look for room for more actors
 
     # ---- actors
     def _start(self, slot: Slot) -> None:
@@ -163,6 +168,25 @@ class WorkerPool:
             if slot.actor is not None:
                 self._kill(slot)
                 slot.actor = None
+        if self.opts.gpus_per_worker > 0:
+            request_bundles(self.ray, [])  # withdraw the autoscaler ask made for this job
+
+    def _grow(self) -> None:
+        """Start waiting slots while the alive nodes hold more actors (GPU workers; CPU workers start at once)."""
+        now = time.perf_counter()
+        if all(s.started for s in self.slots) or (self.last_grow and now - self.last_grow < NODE_CHECK_SECONDS):
+            return
+        self.last_grow = now
+        if self.opts.gpus_per_worker > 0:
+            room = worker_capacity(alive_node_resources(self.ray), self.opts.gpus_per_worker, self.opts.cpus_per_worker)
+        else:
+            room = len(self.slots)
+        for slot in self.slots:
+            if not slot.started and sum(s.started and not s.retired for s in self.slots) < room:
+                slot.started = True
+                self._start(slot)
+                if self.first_ready is not None:
+                    log.info("a node joined: starting worker %s (%d of %d)", slot.name, slot.index + 1, len(self.slots))
 
     # ---- scheduling
     def run(self, shards: list[list[WorkItem]], on_record: Callable[[ImageRecord], None],
@@ -172,15 +196,19 @@ class WorkerPool:
         self.final: set[str] = set()
         self.on_record, self.queue = on_record, queue
         self.items_by_rel = {i.rel: i for s in shards for i in s}
-        for slot in self.slots:
-            self._start(slot)
+        self._grow()
         self.last_progress = time.perf_counter()
         last_node_check = time.perf_counter()
         while queue or any(not v.is_probe for v in self.inflight.values()):
+            self._grow()
             self._dispatch()
-            if not self.inflight:
+            if self.inflight:
+                ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+            elif all(s.started for s in self.slots):
                 raise RuntimeError("every worker failed to start; see the log for the actors' errors")
-            ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+            else:  # no node holds a worker yet (or any more): wait for one, up to start_timeout
+                ready = []
+                time.sleep(1.0)
             if tick:
                 tick()
             stalled = time.perf_counter() - self.last_progress
@@ -205,7 +233,7 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         for slot in self.slots:
-            if slot.retired:
+            if slot.retired or not slot.started:
                 continue
             if slot.actor is None and self.queue:
                 self.stats.worker_restarts += 1
@@ -260,8 +288,11 @@ class WorkerPool:
         self.last_progress = time.perf_counter()
         self.first_ready = self.first_ready or time.perf_counter()
         self.stats.workers[slot.name].update(info)
-        log.info("worker %s up on %s (gpus %s, CUDA_VISIBLE_DEVICES=%s)", slot.name, info["device"],
-                 info["gpu_ids"], info["cuda_visible_devices"])
+        log.info("worker %s up on %s (gpus %s, CUDA_VISIBLE_DEVICES=%s, %s CPUs, %s io threads)", slot.name,
+                 info["device"], info["gpu_ids"], info["cuda_visible_devices"], info.get("cpus"), info.get("io_threads"))
+        if info["gpu_ids"] and not info["device"].startswith("cuda") and self.cfg.device != "cpu":  # never silent
+            log.warning("worker %s was given GPU(s) %s but runs on %s (--device %s, or CUDA is not usable there)",
+                        slot.name, info["gpu_ids"], info["device"], self.cfg.device)
 
     def _lost(self, slot: Slot, reason: str) -> None:
         """The slot's actor died: recreate it; charge the shard it was running, requeue the rest."""

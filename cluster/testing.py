@@ -106,6 +106,33 @@ def hanging_backend(dm, cfg, device, *, marker: str):
     return _Wrapped(create_backend(dm, cfg, device), on_step)
 
 
+def node_has_resource(name: str) -> bool:
+    """Whether the Ray node this process runs on declares the custom resource ``name``."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    return any(n["NodeID"] == me and name in n.get("Resources", {}) for n in ray.nodes())
+
+
+def slow_until_joined_backend(dm, cfg, device, *, marker: str, late_resource: str, seconds: float = 1.0):
+    """Sleeps ``seconds`` per step until ``marker`` exists; a worker on the node with ``late_resource`` writes it.
+
+    For the autoscaling test: the first workers stay busy until the late node's worker has run a step,
+    so the late node is sure to get work.
+    """
+    from dreamfleet.backends import create_backend
+
+    late = node_has_resource(late_resource)
+
+    def on_step(_, x):
+        if late and not os.path.exists(marker):
+            atomic_write(marker, json.dumps({"pid": os.getpid()}))
+        elif not os.path.exists(marker):
+            time.sleep(seconds)
+
+    return _Wrapped(create_backend(dm, cfg, device), on_step)
+
+
 class _PrepareChecked(_Wrapped):
     """Raises if ``step`` comes before ``prepare``; records each prepare (pid, shapes) in ``record_dir``."""
 
@@ -137,4 +164,5 @@ def prepare_checking_backend(dm, cfg, device, *, record_dir: str, die_marker: st
     return _PrepareChecked(create_backend(dm, cfg, device), record_dir, die_marker, die_after)
 
 
-__all__ = ["dying_backend", "hanging_backend", "has_poison", "poison_backend", "prepare_checking_backend"]
+__all__ = ["dying_backend", "hanging_backend", "has_poison", "poison_backend", "node_has_resource", "prepare_checking_backend",
+           "slow_until_joined_backend"]

@@ -38,17 +38,22 @@ def process_shard(runner: DreamRunner, shard_id: int, items: list[WorkItem], wor
     return ShardResult(shard_id, worker, records, time.perf_counter() - t0)
 
 
-def ray_cpus() -> int:
-    """Whole CPUs Ray assigned to this actor (at least 1), or 0 outside a Ray actor."""
+def assigned_cpus() -> float:
+    """The CPUs Ray assigned to this actor (``num_cpus``, may be a fraction), or 0.0 outside a Ray actor."""
     try:
         import ray
 
         if not ray.is_initialized():
-            return 0
-        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+            return 0.0
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
     except Exception:  # not inside Ray
-        return 0
-    return max(1, round(cpus))
+        return 0.0
+
+
+def ray_cpus() -> int:
+    """The actor's thread budget: whole CPUs Ray assigned to it (at least 1), or 0 outside a Ray actor."""
+    cpus = assigned_cpus()
+    return max(1, round(cpus)) if cpus > 0 else 0
 
 
 class DreamWorker:
@@ -77,9 +82,10 @@ class DreamWorker:
         return {"worker": self.name, "pid": os.getpid(), "host": socket.gethostname(), "node_id": ctx.get_node_id(),
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "device": str(self.runner.device), "torch_threads": torch.get_num_threads(),
+                "device": str(self.runner.device), "cpus": assigned_cpus(), "torch_threads": torch.get_num_threads(),
                 "build_seconds": round(self.build_seconds, 3), "backend": self.runner.backend.describe(),
-                "io_threads": self.runner.io_threads}
+                "io_threads": self.runner.io_threads,  # per pool; -1: inline on the device thread
+                "decode_threads": max(0, self.runner.io_threads), "write_threads": max(0, self.runner.io_threads)}
 
     def prepare(self, shapes: list[tuple[int, int, int]] | None = None) -> float:
         """``runner.prepare(shapes)`` once (default: the shapes given at construction); returns its seconds."""

@@ -258,3 +258,52 @@ def test_retry_policy_splits_then_retries_alone_then_quarantines():
     assert RetryPolicy(0).charge("x").retry is False
     with pytest.raises(ValueError, match="retries"):
         RetryPolicy(-1)
+
+
+def test_gpu_actor_cpus_from_the_node_and_autoscaling_asks(monkeypatch):
+    from dreamfleet.cluster import resources
+    from dreamfleet.cluster.sizing import resolve_pool_options
+
+    node = {"CPU": 16.0, "GPU": 2.0}
+    assert resources.gpu_worker_cpus([node], 1) == 8 and resources.gpu_worker_cpus([node], 0.5) == 4
+    assert resources.gpu_worker_cpus([{"CPU": 96.0, "GPU": 8.0}], 1) == 11  # 3 of 96 reserved: 93 / 8
+    assert resources.gpu_worker_cpus([{"CPU": 1.0, "GPU": 2.0}], 1) == 0.5
+    assert resources.gpu_worker_cpus([{"CPU": 1.0, "GPU": 2.0}, node], 1) == 0.5  # the smallest share fits all
+    assert resources.gpu_worker_cpus([{"CPU": 8.0}], 1) is None
+    assert resources.worker_capacity([node, {"CPU": 4.0, "GPU": 1.0}], 1, 8) == 2  # the 4-CPU node holds none
+    opts = resolve_pool_options(ClusterOptions(), {"CPU": 16, "GPU": 2}, [node])
+    assert (opts.workers, opts.cpus_per_worker) == (2, 8)
+    assert resolve_pool_options(ClusterOptions(), {"CPU": 16}).cpus_per_worker == resources.CPU_WORKER_CPUS
+    assert resolve_pool_options(ClusterOptions(cpus_per_worker=3), {"CPU": 16, "GPU": 2}, [node]).cpus_per_worker == 3
+    # a joined cluster may grow: a GPU ask it cannot hold yet is kept (and waited for), never turned into CPU
+    grow = resolve_pool_options(ClusterOptions(workers=4, gpus_per_worker=1), {"CPU": 4}, [{"CPU": 4.0}],
+                                can_grow=True)
+    assert (grow.workers, grow.gpus_per_worker) == (4, 1)
+    assert resolve_pool_options(ClusterOptions(), {"CPU": 4}, can_grow=True, asked_gpus=True).gpus_per_worker == 1
+    asks = []
+    monkeypatch.setattr(resources, "request_bundles", lambda ray, bundles: asks.append(bundles))
+    fake = _FakeRay([{"Alive": True, "Resources": {"CPU": 4.0}}])
+    with pytest.raises(RuntimeError, match="no node with .*GPU.* joined within --start-timeout 0"):
+        resources.wait_for_gpu_nodes(fake, 2, 1.0, None, timeout=0)
+    assert asks == [[{"GPU": 1.0}, {"GPU": 1.0}]]
+
+
+def test_cpus_per_worker_flag_and_job_file_key(tmp_path):
+    from dreamfleet.cluster.commands import check_cluster_flags
+
+    job = tmp_path / "job.toml"
+    job.write_text('inputs = ["in"]\noutput = "out"\ncpus-per-worker = 6\n')
+    args = _parse([str(job)])
+    resolve_job(args)
+    assert args.cpus_per_worker == 6
+    args = _parse([str(job), "--cpus-per-worker", "3"])
+    resolve_job(args)
+    assert args.cpus_per_worker == 3  # the flag wins
+    check_cluster_flags(args)
+    with pytest.raises(ValueError, match="--cpus-per-worker .* must be a number > 0, got 0"):
+        check_cluster_flags(_parse(["a", "-o", "b", "--cpus-per-worker", "0"]))
+    job.write_text('inputs = ["in"]\noutput = "out"\ncpus-per-worker = "many"\n')
+    args = _parse([str(job)])
+    resolve_job(args)
+    with pytest.raises(ValueError, match=r"cpus-per-worker\) must be a number > 0, got 'many'"):
+        check_cluster_flags(args)
