@@ -1,7 +1,6 @@
 """Tiled dreaming: the tile grid, exactness, the tile error bound, shared batches, backends and whole jobs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
