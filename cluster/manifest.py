@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
 
-from dreamfleet.engine.atomic import TMP_SUFFIX, file_digest, temporary_for
+from dreamfleet.engine import atomic
+from dreamfleet.engine.atomic import TMP_SUFFIX, file_digest
 from dreamfleet.engine.job import JobPlan
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import WorkItem
@@ -93,7 +94,7 @@ class ManifestWriter:
             self.tmp = Path(tmp)
             self.fh = os.fdopen(fd, "w")
         else:
-            self.tmp = temporary_for(self.path)
+            self.tmp = atomic.temporary_for(self.path)  # (looked up at call time: tests patch it)
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(self.tmp, "w")
         self.fh.write(json.dumps({"param_hash": param_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")

@@ -229,7 +229,7 @@ class Storage:
         out = {}
         for key, info in found.items():
             etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
-            out[f"{prefix.protocol}://{key}"] = [int(info.get("size") or 0), str(etag).strip('"') if etag else None]
+            out[str(URL(f"{prefix.protocol}://{key}"))] = [int(info.get("size") or 0), str(etag).strip('"') if etag else None]
         return out
 
     def delete(self, p) -> None:
