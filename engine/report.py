@@ -247,7 +247,7 @@ class RunReport:
         failed = self.counts()["failed"]
         stop = self.stop_line()
         shown = 0
-        for rec in self.iter_records("failed"):
+        for rec in self.iter_records("failed") if failed > (self.not_attempted if stop else 0) else ():
             if stop and NOT_ATTEMPTED in (rec.reason or ""):
                 continue  # summed up by the stop line
             if shown == limit:
