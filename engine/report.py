@@ -12,6 +12,7 @@ starts, refreshed every ``summary_seconds`` (30 s) by a background thread, and a
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -61,11 +62,9 @@ def environment() -> dict:
     """Versions and hardware facts that make a figure reproducible."""
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    try:
-        import torchvision
-
-        env["torchvision"] = torchvision.__version__
-    except ImportError:
+    try:  # from the package metadata: importing torchvision costs seconds at start-up
+        env["torchvision"] = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
         pass
     if torch.cuda.is_available():
         env["cuda_device"] = torch.cuda.get_device_name(0)
