@@ -39,7 +39,7 @@ from .space import ImageSpace
 from .storage import Storage
 from .tiled import TileScheduler, split_tiled
 from .transfer import HostTransfer
-from .writeguard import WriteGuard, not_attempted
+from .writeguard import WriteGuard, WritesStopped, not_attempted, persistent_cause
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +185,10 @@ class DreamRunner:
             data = encode_image(item.output, out.permute(1, 2, 0).numpy(), alpha, dict(self.metadata, input=item.rel))
             t1 = time.perf_counter()
             stamp = self.storage.write_bytes(item.output, data, fsync=True)  # local: temporary + fsync + rename
-        except Exception as exc:  # disk full, permissions
+        except Exception as exc:  # disk full, permissions: persistent (no retry; the guard counts them), or not
+            persistent = isinstance(exc, WritesStopped) or persistent_cause(exc) is not None
             return ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
-                               shape=list(item.hw), timings=timings, worker=self.worker, retryable=True)
+                               shape=list(item.hw), timings=timings, worker=self.worker, retryable=not persistent)
         t2 = time.perf_counter()
         self.stages.add("encode", t1 - t0)
         self.stages.add("write", t2 - t1)
