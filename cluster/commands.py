@@ -95,7 +95,6 @@ def require_ray() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dreamfleet.backends import create_backend, preflight
-
     from dreamfleet.engine.report import records_target
 
     from .driver import ClusterOptions, run_cluster_job

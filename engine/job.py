@@ -15,14 +15,13 @@ listing of the output prefix, and inputs' headers are probed by a few threads in
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,23 +33,19 @@ from .config import DreamConfig, config_to_dict
 from .imageio import ImageLoadError, probe_size, read_metadata
 from .inputs import discover, output_path
 from .ledger import Ledger, vouched
-from .lease import LeaseHeld, LeaseLock
 from .models import get_spec
 from .octaves import plan_shapes, usable_octaves
+from .outputlock import JobLocked, OutputLock, output_lock  # noqa: F401  (JobLocked, OutputLock: re-exported)
 from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
 from .storage import URL, Storage, is_url, location
-from .vocabulary import JOB_FILE_NAME, LOCK_NAME, STATE_DIR
+from .vocabulary import JOB_FILE_NAME, STATE_DIR
 from .writeguard import STOP_AFTER, stop_message
 
 log = logging.getLogger(__name__)
 
 PROBE_THREADS = 16  # header probes of object-store inputs in flight at once
-
-
-class JobLocked(RuntimeError):
-    """Another run holds the output folder."""
 
 
 class JobMismatch(ValueError):
@@ -64,52 +59,6 @@ class JobPlan:
     records: list[ImageRecord] = field(default_factory=list)  # planning records, only without an on_record
     shapes: list[tuple[int, int, int]] = field(default_factory=list)
     planned: Counter = field(default_factory=Counter)  # skipped / failed at planning
-
-
-class OutputLock:
-    """flock on OUT/.dreamfleet/lock for the duration of a run."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / STATE_DIR / LOCK_NAME
-        self.fh = None
-
-    def __enter__(self) -> "OutputLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "unknown"
-            self.fh.close()
-            raise JobLocked(f"another dreamfleet run ({holder}) is writing to {self.path.parent.parent}; "
-                            "wait for it or choose another output folder") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        self.fh.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-
-
-@contextlib.contextmanager
-def output_lock(out_dir: Path | URL, storage: Storage):
-    """flock for a local folder, a lease object for an object-store location."""
-    if not is_url(out_dir):
-        with OutputLock(out_dir) as lock:
-            yield lock
-        return
-    try:
-        lease = LeaseLock(location(out_dir) / STATE_DIR / LOCK_NAME, storage).__enter__()
-    except LeaseHeld as exc:
-        raise JobLocked(str(exc)) from None
-    try:
-        yield lease
-    finally:
-        lease.__exit__(None, None, None)
 
 
 def folder_param_hash(out_dir: Path | URL, storage: Storage | None = None) -> str | None:
@@ -227,7 +176,6 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
                 else:
                     plan.planned[res.status] += 1
                     emit(res)
-    del items, listing, entries
     if foreign:
         raise JobMismatch(f"{out_dir} holds {len(foreign)} output(s) made with other parameters or not by "
                           f"dreamfleet (e.g. {foreign[0]}; this job {ours}); pass --overwrite to replace them "

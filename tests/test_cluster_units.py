@@ -12,8 +12,14 @@ from ray_fixtures import make_images, tiny_config
 from dreamfleet.cluster.commands import add_parser, resolve_job
 from dreamfleet.cluster.contact_sheet import make_contact_sheet
 from dreamfleet.cluster.driver import ClusterOptions, ClusterResult, resolve_pool_options, run_cluster_job
-from dreamfleet.cluster.manifest import (Reconciler, auto_shard_size, build_manifest, make_shards, manifest_path,
-                                        read_manifest)
+from dreamfleet.cluster.manifest import (
+    Reconciler,
+    auto_shard_size,
+    build_manifest,
+    make_shards,
+    manifest_path,
+    read_manifest,
+)
 from dreamfleet.cluster.progress import Progress
 from dreamfleet.engine.job import JobLocked, OutputLock, plan_job
 from dreamfleet.engine.report import ImageRecord, RunReport
