@@ -74,7 +74,9 @@ def connect(address: str | None, dashboard: bool = False):
     if address or os.environ.get("RAY_ADDRESS"):  # --address, or inside `ray job submit`
         ray.init(address=address or None, log_to_driver=True)
     else:
-        ray.init(include_dashboard=dashboard, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=True)
+        # address="local": a new Ray of our own, even where `ray start` left a cluster running on this machine
+        ray.init(address="local", include_dashboard=dashboard, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 log_to_driver=True)
     return ray, True
 
 
