@@ -60,7 +60,7 @@ def run_child(mode: str, src: Path, out: Path) -> dict:
     t = summary["totals"]
     return {"wall_s": round(wall, 2), "job_wall_s": t["wall_seconds"], "work_s": t["work_seconds"],
             "done": t["done"], "skipped": t["skipped"], "failed": t["failed"],
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "ms_per_image": round(1000 * t["work_seconds"] / t["done"], 3) if t["done"] else None}
 
 
@@ -94,6 +94,7 @@ def run_scale_bench(sizes: tuple[int, int], modes: tuple[str, ...], out_dir: Pat
             time_per_image_ratio=round(b["first"]["ms_per_image"] / a["first"]["ms_per_image"], 3),
             report_bytes_per_image=b["report_bytes_per_image"],
             skip_rerun_s=b["rerun"]["job_wall_s"], skip_rerun_wall_s=b["rerun"]["wall_s"],
+            skip_rerun_cpu_s=b["rerun"].get("cpu_s"),  # the whole child's CPU time (start-up included): load-free
             load_avg_before=[round(v, 2) for v in load_before], load_avg_after=[round(v, 2) for v in os.getloadavg()],
             env=hardware.environment(torch.device("cpu")), timestamp=hardware.now_utc()))
     append_rows(out_dir / "scale_cpu.jsonl", rows)

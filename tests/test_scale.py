@@ -21,7 +21,7 @@ from dreamfleet.backends import create_backend
 from dreamfleet.cli import main
 from dreamfleet.engine.config import make_config
 from dreamfleet.engine.job import run_job
-from dreamfleet.engine.report import read_records, read_summary
+from dreamfleet.engine.report import ImageRecord, RunReport, read_records, read_summary
 from dreamfleet.engine.storage import Storage
 from dreamfleet.engine.writeguard import STOP_AFTER, WriteGuard, persistent_cause
 
@@ -157,3 +157,16 @@ def test_sigkilled_run_leaves_a_record_for_every_finished_image(tmp_path):
         finals[r["rel"]] = r["status"]
     assert len(finals) == 40 and set(finals.values()) <= {"done", "skipped"}
     assert summary["totals"]["skipped"] == len(written) and summary["totals"]["done"] == 40 - len(written)
+
+
+def test_summary_is_refreshed_while_the_run_goes_on(tmp_path):
+    rep = RunReport({}, tmp_path, summary_seconds=0.05)
+    rep.start()
+    assert read_summary(tmp_path)["state"] == "running"
+    rep.add(ImageRecord("a.png", "a.png", "done"))
+    deadline = time.monotonic() + 30
+    while read_summary(tmp_path)["totals"]["done"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling for the refresher thread's write
+    assert read_summary(tmp_path)["totals"]["done"] == 1
+    rep.write()
+    assert read_summary(tmp_path)["state"] == "finished" and len(list(read_records(tmp_path))) == 1
