@@ -224,6 +224,9 @@ def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, comma
             log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),
                      plan.planned["skipped"], plan.planned["failed"], plan.shapes)
             yield report, plan
+        except BaseException as exc:  # refused, crashed or interrupted: the summary says so, its refresher stops
+            report.abort(exc)
+            raise
         finally:
             ledger.close()
 

@@ -219,8 +219,8 @@ class RunReport:
             self.flush()
             body = json.dumps(self.to_dict(), indent=2, default=str)
             self.storage.write_bytes(location(path or self.out_dir / REPORT_NAME), body, fsync=False)  # local: atomic
-        except (OSError, RuntimeError) as exc:  # a full disk, or extra changed while dumped: next time
-            log.warning("cannot write the report summary now: %s", exc)
+        except Exception as exc:  # a full disk, a store gone, extra changed while dumped: next time
+            log.warning("cannot write the report summary now: %s: %s", type(exc).__name__, exc)
 
     def write(self, path=None):
         """The end of the run: final summary (state finished, or stopped), logs closed. Returns its path."""
@@ -234,6 +234,13 @@ class RunReport:
         path = location(path or self.out_dir / REPORT_NAME)
         self.refresh(path)
         return path
+
+    def abort(self, exc: BaseException) -> None:
+        """The job raised before its end: the summary says so (state aborted) and the refresher stops."""
+        if self.state == "running" and self._stop.is_set() is False:
+            self.state = "aborted"
+            self.extra["aborted"] = f"{type(exc).__name__}: {exc}"
+            self.write()
 
     def summary(self) -> str:
         t = self.totals()
