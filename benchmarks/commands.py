@@ -52,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--simulate: images in the job (default: 384, 12 batches of 32: filling and draining the pipeline are amortized)")
     p.add_argument("--sim-precision", default="bf16", choices=("bf16", "fp32"), help="--simulate: precision (bf16)")
     p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
+    g = p.add_argument_group("scale (the job's own costs as it grows: memory, report, skip-only rerun)")
+    g.add_argument("--scale", action="store_true", help="run the job-size benchmark instead of the matrix")
+    g.add_argument("--scale-sizes", default="2000,20000", metavar="A,B",
+                   help="--scale: the two job sizes in images (default: 2000,20000)")
+    g.add_argument("--scale-modes", default="dream,run", metavar="A,B",
+                   help="--scale: in-process `dream` and/or cluster `run` (default: dream,run)")
     g = p.add_argument_group("pipeline (host pipeline vs a SIMULATED device)")
     g.add_argument("--pipeline", action="store_true", help="run the host-pipeline benchmark instead of the matrix")
     g.add_argument("--images", type=int, default=None,
@@ -83,6 +89,20 @@ def handle(args: argparse.Namespace) -> int:
         rows = run_simulation(args.simulate, _names(args.sim_models), _names(args.sim_settings), args.sim_batch,
                               args.sim_images, args.sim_precision, Path(out))
         print(table(rows))
+        return 0
+    if args.scale:
+        from pathlib import Path
+
+        from .scale_bench import format_row, run_scale_bench
+
+        sizes = tuple(int(v) for v in _names(args.scale_sizes))
+        modes = _names(args.scale_modes)
+        if len(sizes) != 2 or not 0 < sizes[0] < sizes[1]:
+            raise ValueError(f"--scale-sizes {args.scale_sizes}: give two increasing sizes, e.g. 2000,20000")
+        if not modes or set(modes) - {"dream", "run"}:
+            raise ValueError(f"--scale-modes {args.scale_modes}: valid: dream, run")
+        for row in run_scale_bench(sizes, modes, Path(out)):
+            print(format_row(row))
         return 0
     if args.pipeline and args.tiled:
         from .tiled_pipeline import format_row, run_tiled_pipeline_bench

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from dreamfleet.engine.hostmem import THP_ENV
+from dreamfleet.engine.report import read_records
 
 from . import hardware
 from .rows import append_rows
@@ -58,7 +59,7 @@ def run_case(photo_dir: Path, out: Path, args: argparse.Namespace, tile: int, ov
     if status != 0:
         raise RuntimeError(f"dreamfleet dream exited with {status}: {stderr[-2000:]}")
     report = json.loads((out / "dreamfleet-report.json").read_text())
-    rec = report["images"][0]
+    rec = next(read_records(out, run=report["run"]))
     return {"wall_s": round(wall, 2), "dream_s": rec["timings"]["dream"], "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
             "status": rec["status"], "shape": rec["shape"], "output": rec["output"]}
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
+from dreamfleet.engine.vocabulary import REPORT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def require_ray() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from dreamfleet.backends import create_backend, preflight
     from dreamfleet.engine.preflight import check_inputs_exist
+    from dreamfleet.engine.report import records_target
 
     from .driver import ClusterOptions, run_cluster_job
 
@@ -123,10 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_cluster_job(cfg, inputs, output, create_backend, opts, progress=args.progress)
     report = result.report
     print(summary_line(result))
-    print(f"report: {report.out_dir / REPORT_NAME}")
-    for rec in report.records:
-        if rec.status == FAILED:
-            print(f"  failed: {rec.input}: {rec.reason}", file=sys.stderr)
+    print(f"report: {report.out_dir / REPORT_NAME} (records: {records_target(report.out_dir)})")
+    for line in report.failure_lines():  # the first failures, then the stop line of a persistent write error
+        print(line, file=sys.stderr)
     for miss in result.reconciliation["unaccounted"]:
         print(f"  unaccounted: {miss['input']}: {miss['why']}", file=sys.stderr)
     return result.exit_code

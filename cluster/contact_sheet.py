@@ -6,9 +6,11 @@ Inputs, dreams and the sheet itself may be object-store URLs (the sheet is one P
 """
 from __future__ import annotations
 
+import heapq
 import io
 import logging
 import math
+from collections.abc import Iterable
 
 from PIL import Image, ImageOps
 
@@ -31,14 +33,20 @@ def _thumb(path: str, size: int, storage: Storage | None = None) -> Image.Image 
         return None
 
 
-def make_contact_sheet(records: list[ImageRecord], path, limit: int = 36, thumb: int = 128,
+def make_contact_sheet(records: Iterable[ImageRecord], path, limit: int = 36, thumb: int = 128,
                        columns: int = 4, storage: Storage | None = None):
-    """Write a grid of (input, dream) pairs for the first ``limit`` records with outputs; None if none."""
+    """Write a grid of (input, dream) pairs for the first ``limit`` records (by name) with outputs; None if none.
+
+    ``records`` may be a stream (the report's): only the ``limit`` first names are kept while it is read."""
     if limit < 1 or thumb < 8 or columns < 1:
         raise ValueError("contact sheet needs limit >= 1, thumb >= 8 and columns >= 1")
     storage = storage or Storage()
-    pairs = [r for r in sorted(records, key=lambda r: r.rel) if r.status in FINISHED and r.output
-             and storage.exists(r.output)][:limit]
+    chosen = heapq.nsmallest(limit, (r for r in records if r.status in FINISHED and r.output), key=lambda r: r.rel)
+    pairs = []
+    for rec in chosen:  # an output deleted since (or unreadable) leaves its pair out
+        dream = _thumb(rec.output, thumb, storage)
+        if dream is not None:
+            pairs.append((_thumb(rec.input, thumb, storage), dream))
     if not pairs:
         return None
     pad = 4
@@ -46,10 +54,9 @@ def make_contact_sheet(records: list[ImageRecord], path, limit: int = 36, thumb:
     cols = min(columns, len(pairs))
     rows = math.ceil(len(pairs) / cols)
     sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), (24, 24, 24))
-    for n, rec in enumerate(pairs):
+    for n, pair in enumerate(pairs):
         x0, y0 = (n % cols) * cell_w, (n // cols) * cell_h
-        for k, src in enumerate((rec.input, rec.output)):
-            im = _thumb(src, thumb, storage)
+        for k, im in enumerate(pair):
             if im is None:
                 continue
             x = x0 + pad + k * (thumb + pad) + (thumb - im.width) // 2

@@ -4,8 +4,11 @@
 locks the output folder, removes temporaries a killed run left, refuses a folder made
 with other parameters, plans the job with the engine (existing outputs are skipped, so a
 rerun finishes only what is missing), writes the manifest, shards the work by shape and
-runs it on a ``WorkerPool``. At the end every manifest entry must be done, skipped or
-recorded as failed; the run report gains per-worker throughput, retries, quarantined
+runs it on a ``WorkerPool``. Records stream to the report, the manifest streams to its
+file, and reconciliation is counted as records arrive: nothing grows with the job but the
+compact plan. A worker whose write guard trips (a full disk, ``engine.writeguard``) stops
+the dispatch: queued images are recorded as not attempted. At the end every manifest entry
+must be done, skipped or recorded as failed; the run report gains per-worker throughput, retries, quarantined
 images, the cluster's resources and the reconciliation, and a contact sheet is drawn.
 """
 from __future__ import annotations
@@ -17,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamfleet.engine.config import DreamConfig
-from dreamfleet.engine.job import prepared_job
+from dreamfleet.engine.job import prepared_job, stop_if_tripped
 from dreamfleet.engine.limits import check_limits, limited
 from dreamfleet.engine.report import RunReport
 from dreamfleet.engine.runner import BackendFactory
 from dreamfleet.engine.storage import Storage, location
+from dreamfleet.engine.vocabulary import NOT_ATTEMPTED, STATE_DIR
+from dreamfleet.engine.writeguard import tripped_cause
 
 from .contact_sheet import SHEET_NAME, make_contact_sheet
-from .manifest import auto_shard_size, build_manifest, make_shards, reconcile
+from .manifest import ManifestWriter, Reconciler, auto_shard_size, make_shards
 from .pool import WorkerPool
 from .progress import Progress
 from .sizing import pool_options_for, resolve_pool_options
@@ -79,8 +84,25 @@ def connect(address: str | None, dashboard: bool = False):
     if address or os.environ.get("RAY_ADDRESS"):  # --address, or inside `ray job submit`
         ray.init(address=address or None, log_to_driver=True)
     else:
-        ray.init(include_dashboard=dashboard, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=True)
+        # address="local": a new Ray of our own, even where `ray start` left a cluster running on this machine
+        ray.init(address="local", include_dashboard=dashboard, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 log_to_driver=True)
     return ray, True
+
+
+class _LazyManifest:
+    """The manifest writer, made at the first planning record (inside the lock, after the access checks)."""
+
+    def __init__(self, out_dir, param_hash: str, storage: Storage) -> None:
+        self.args, self.writer = (out_dir, param_hash, storage), None
+
+    def get(self) -> ManifestWriter:
+        if self.writer is None:
+            self.writer = ManifestWriter(*self.args)
+        return self.writer
+
+    def add_record(self, rec) -> None:
+        self.get().add_record(rec)
 
 
 def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, backend_factory: BackendFactory,
@@ -90,23 +112,38 @@ def run_cluster_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path, ba
     out_dir = location(out_dir)  # a folder or an object-store URL; workers read and write there directly
     storage = Storage.for_config(cfg)
     started = time.time()
-    with prepared_job(cfg, inputs, out_dir, command="run") as (report, plan):
-        entries = build_manifest(plan, out_dir, cfg.param_hash(), storage)
+    manifest = _LazyManifest(out_dir, cfg.param_hash(), storage)
+    with prepared_job(cfg, inputs, out_dir, command="run", on_planned=manifest.add_record) as (report, plan):
+        writer = manifest.get()
+        writer.add_todo(plan.todo)
+        entries = writer.close()
+        recon = Reconciler(storage)
+        for status, n in writer.planned.items():  # planning records are accounted for as planned
+            if status in recon.counts:
+                recon.counts[status] += n
+        report.listeners.append(recon.add)
         if plan.todo:
             _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started)
-        rec_summary = reconcile(entries, report.records, storage)
+        rec_summary = recon.result(entries, out_dir, report.iter_records)
         report.extra["reconciliation"] = rec_summary
         if opts.contact_sheet:
-            sheet = out_dir / SHEET_NAME
-            if any(e.output and location(e.output) == sheet.resolve() for e in entries):
-                sheet = out_dir / ".dreamfleet" / SHEET_NAME
-            made = make_contact_sheet(report.records, sheet, limit=opts.contact_sheet, storage=storage)
-            report.extra["contact_sheet"] = str(made) if made else None
+            report.extra["contact_sheet"] = _contact_sheet(report, plan, out_dir, opts.contact_sheet, storage)
         report.write()
     if not rec_summary["ok"]:
         log.error("%d manifest entries unaccounted for, e.g. %s", len(rec_summary["unaccounted"]),
                   rec_summary["unaccounted"][:3])
     return ClusterResult(report, rec_summary)
+
+
+def _contact_sheet(report: RunReport, plan, out_dir, limit: int, storage: Storage) -> str | None:
+    """Draw the sheet from this run's records (streamed); a skip-only rerun keeps the existing one."""
+    sheet = out_dir / SHEET_NAME
+    if any(location(i.output) == sheet.resolve() for i in plan.todo):
+        sheet = out_dir / STATE_DIR / SHEET_NAME
+    if not report.counts()["done"] and storage.exists(sheet):
+        return str(sheet)
+    made = make_contact_sheet(report.iter_records(), sheet, limit=limit, storage=storage)
+    return str(made) if made else None
 
 
 def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, started) -> None:
@@ -128,20 +165,26 @@ def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, starte
         bar = Progress(len(plan.todo), progress)
         pool = WorkerPool(cfg, backend_factory, pool_opts, plan.shapes, started=started)
 
+        stop: dict = {}  # a worker's write guard tripped (persistent write error): dispatch nothing more
+
         def on_record(rec) -> None:
             report.add(rec)
             bar.add(rec.worker or "?", rec.status)
+            if not stop and (cause := tripped_cause(rec.reason)):
+                stop.update(cause=cause, reason=rec.reason[rec.reason.index(NOT_ATTEMPTED):])
+                log.error("%s; stopping the job (no more shards are dispatched)", stop["reason"])
 
         t_work = time.perf_counter()
         try:
             stats = pool.run(shards, on_record, tick=lambda: (setattr(bar, "retries", pool.stats.retries),
-                                                              bar.tick()))
+                                                              bar.tick()), stop=lambda: stop.get("reason"))
         finally:
             pool.close()
             bar.close()
         report.work_seconds = time.perf_counter() - (pool.first_ready or t_work)  # after the first worker is up
         report.extra.update({"workers": stats.workers, "retries": stats.retries,
                              "worker_restarts": stats.worker_restarts, "quarantined": stats.quarantined})
+        stop_if_tripped(report, stop.get("cause"))
         backends = [w.get("backend") for w in stats.workers.values() if w.get("backend")]
         if backends:
             report.extra["backend"] = backends[0]

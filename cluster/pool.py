@@ -35,6 +35,7 @@ from dreamfleet.engine.config import DreamConfig
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import BackendFactory, WorkItem
 from dreamfleet.engine.storage import Storage, is_url
+from dreamfleet.engine.writeguard import not_attempted
 
 from .resources import alive_node_resources, request_bundles, worker_capacity
 from .retry import RetryPolicy
@@ -190,16 +191,20 @@ class WorkerPool:
 
     # ---- scheduling
     def run(self, shards: list[list[WorkItem]], on_record: Callable[[ImageRecord], None],
-            tick: Callable[[], None] | None = None) -> PoolStats:
+            tick: Callable[[], None] | None = None, stop: Callable[[], str | None] | None = None) -> PoolStats:
+        """``stop()``: a reason once the job must stop (a persistent write error); queued shards are then
+        recorded as not attempted with it and nothing more is dispatched."""
         queue: deque = deque((next(self.shard_ids), s) for s in shards if s)
         self.policy = RetryPolicy(self.opts.retries)
         self.final: set[str] = set()
         self.on_record, self.queue = on_record, queue
-        self.items_by_rel = {i.rel: i for s in shards for i in s}
         self._grow()
         self.last_progress = time.perf_counter()
         last_node_check = time.perf_counter()
         while queue or any(not v.is_probe for v in self.inflight.values()):
+            if stop is not None and queue and (why := stop()):
+                self._drain(why)
+                continue
             self._grow()
             self._dispatch()
             if self.inflight:
@@ -281,7 +286,7 @@ class WorkerPool:
             self.stats.workers[slot.name]["prepare_seconds"] = round(result, 3)
             log.info("worker %s prepared %d shapes in %.1fs", slot.name, len(self.shapes), result)
         else:
-            self._shard_done(result)
+            self._shard_done(result, items)
 
     def _ready(self, slot: Slot, info: dict) -> None:
         slot.ready, slot.start_failures = True, 0
@@ -336,14 +341,22 @@ class WorkerPool:
             return False
         return not self.cfg.overwrite or mtime >= self.started - 1.0
 
-    def _shard_done(self, result: ShardResult) -> None:
+    def _drain(self, why: str) -> None:
+        """The job stops: every queued image is recorded as not attempted."""
+        while self.queue:
+            _, items = self.queue.popleft()
+            for item in items:
+                self._finalize(not_attempted(item.path, item.rel, why, None, item.hw))
+
+    def _shard_done(self, result: ShardResult, items: list[WorkItem]) -> None:
+        by_rel = {i.rel: i for i in items}  # only this shard's: nothing per job is kept
         self.last_progress = time.perf_counter()
         w = self.stats.workers[result.worker]
         w["shards"] += 1
         w["busy_seconds"] += result.seconds
         for rec in result.records:
             if rec.status == "failed" and rec.retryable:
-                self._charge(self.items_by_rel[rec.rel], rec.reason, rec)
+                self._charge(by_rel[rec.rel], rec.reason, rec)
                 continue
             w[rec.status] = w.get(rec.status, 0) + 1
             self._finalize(rec)

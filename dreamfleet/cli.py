@@ -14,7 +14,7 @@ import sys
 from dreamfleet.engine.config import config_to_dict
 from dreamfleet.engine.hostmem import enable_huge_pages
 from dreamfleet.engine.version import dreamfleet_version
-from dreamfleet.engine.vocabulary import FAILED, REPORT_NAME
+from dreamfleet.engine.vocabulary import REPORT_NAME
 
 log = logging.getLogger("dreamfleet")
 
@@ -26,6 +26,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
     from dreamfleet.backends import create_backend, preflight
     from dreamfleet.engine.job import run_job
     from dreamfleet.engine.preflight import check_inputs_exist
+    from dreamfleet.engine.report import records_target
     from dreamfleet.options import config_from_args
 
     cfg = config_from_args(args)
@@ -34,10 +35,9 @@ def cmd_dream(args: argparse.Namespace) -> int:
     log.debug("config: %s", config_to_dict(cfg))
     report = run_job(cfg, args.inputs, args.output, create_backend, progress=args.progress)
     print(report.summary())
-    print(f"report: {report.out_dir / REPORT_NAME}")
-    for rec in report.records:
-        if rec.status == FAILED:
-            print(f"  failed: {rec.input}: {rec.reason}", file=sys.stderr)
+    print(f"report: {report.out_dir / REPORT_NAME} (records: {records_target(report.out_dir)})")
+    for line in report.failure_lines():  # the first failures, then the stop line of a persistent write error
+        print(line, file=sys.stderr)
     return 1 if report.counts()["failed"] else 0
 
 

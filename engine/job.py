@@ -1,5 +1,10 @@
 """A whole job in one process: plan the inputs, lock the output folder, dream, report.
 
+Nothing per image accumulates: records stream to the report (``engine.report``) as they are
+decided or finished, totals are counted, and the plan keeps only the work items to dream.
+Existing outputs the done-ledger (``engine.ledger``) vouches for are skipped without a read.
+A persistent write error (``engine.writeguard``) stops the job with one line saying why.
+
 Planning reads headers only (sizes, EXIF orientation), so a million-file folder is listed
 without decoding it. Existing outputs are skipped unless ``overwrite``; an output folder
 that holds results of *other* parameters is refused rather than silently mixed. A lock
@@ -10,15 +15,16 @@ listing of the output prefix, and inputs' headers are probed by a few threads in
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,22 +32,20 @@ from .atomic import clean_stale_temporaries
 from .config import DreamConfig, config_to_dict
 from .imageio import ImageLoadError, probe_size, read_metadata
 from .inputs import discover, output_path
-from .lease import LeaseHeld, LeaseLock
+from .ledger import Ledger, vouched
 from .models import get_spec
 from .octaves import plan_shapes, usable_octaves
+from .outputlock import JobLocked, OutputLock, output_lock  # noqa: F401  (JobLocked, OutputLock: re-exported)
 from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
 from .storage import URL, Storage, is_url, location
-from .vocabulary import JOB_FILE_NAME, LOCK_NAME, STATE_DIR
+from .vocabulary import JOB_FILE_NAME, STATE_DIR
+from .writeguard import STOP_AFTER, stop_message
 
 log = logging.getLogger(__name__)
 
 PROBE_THREADS = 16  # header probes of object-store inputs in flight at once
-
-
-class JobLocked(RuntimeError):
-    """Another run holds the output folder."""
 
 
 class JobMismatch(ValueError):
@@ -50,55 +54,11 @@ class JobMismatch(ValueError):
 
 @dataclass
 class JobPlan:
+    """The compact plan: what to dream (path, rel, output, working size) and the batch shapes."""
     todo: list[WorkItem] = field(default_factory=list)
-    records: list[ImageRecord] = field(default_factory=list)  # skipped and failed before dreaming
+    records: list[ImageRecord] = field(default_factory=list)  # planning records, only without an on_record
     shapes: list[tuple[int, int, int]] = field(default_factory=list)
-
-
-class OutputLock:
-    """flock on OUT/.dreamfleet/lock for the duration of a run."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / STATE_DIR / LOCK_NAME
-        self.fh = None
-
-    def __enter__(self) -> "OutputLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "unknown"
-            self.fh.close()
-            raise JobLocked(f"another dreamfleet run ({holder}) is writing to {self.path.parent.parent}; "
-                            "wait for it or choose another output folder") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        self.fh.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-
-
-@contextlib.contextmanager
-def output_lock(out_dir: Path | URL, storage: Storage):
-    """flock for a local folder, a lease object for an object-store location."""
-    if not is_url(out_dir):
-        with OutputLock(out_dir) as lock:
-            yield lock
-        return
-    try:
-        lease = LeaseLock(location(out_dir) / STATE_DIR / LOCK_NAME, storage).__enter__()
-    except LeaseHeld as exc:
-        raise JobLocked(str(exc)) from None
-    try:
-        yield lease
-    finally:
-        lease.__exit__(None, None, None)
+    planned: Counter = field(default_factory=Counter)  # skipped / failed at planning
 
 
 def folder_param_hash(out_dir: Path | URL, storage: Storage | None = None) -> str | None:
@@ -132,34 +92,62 @@ def output_param_hash(path: Path | URL, storage: Storage | None = None) -> str |
         return None
 
 
-def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: Storage | None = None) -> JobPlan:
-    """List inputs, decide skip / fail / dream for each, and the batch shapes to run."""
+PLAN_CHUNK = 4096  # items decided at once: probes run in parallel within a chunk, memory stays bounded
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: Storage | None = None,
+             on_record: Callable[[ImageRecord], None] | None = None, ledger: Ledger | None = None) -> JobPlan:
+    """List inputs, decide skip / fail / dream for each, and the batch shapes to run.
+
+    Planning records (skipped, failed) go to ``on_record`` as they are decided (without it: to
+    ``plan.records``). With a ``ledger``, an existing output whose size and stamp the ledger
+    vouches for is skipped without reading it; other existing outputs are probed.
+    """
     spec = get_spec(cfg.model)
     storage = storage or Storage.for_config(cfg)
+    plan = JobPlan()
+    emit = on_record or plan.records.append
     items, problems = discover(inputs, out_dir, storage)
-    plan = JobPlan(records=[ImageRecord(src, src, "failed", reason=why) for src, why in problems])
-    existing = {str(u) for u in storage.find(out_dir)} if is_url(out_dir) else None  # one listing, not a HEAD each
+    for src, why in problems:
+        emit(ImageRecord(src, src, "failed", reason=why))
+    listing = storage.listing(out_dir) if is_url(out_dir) else None  # one listing, not a HEAD each
+    entries = ledger.load(listing) if ledger is not None and not cfg.overwrite else {}
     # an existing output counts as done only if it embeds this job's hash; a folder claimed by this job
     # (a resumed --overwrite) redoes older outputs, an unclaimed one refuses them
     ours, claimed = cfg.param_hash(), folder_param_hash(out_dir, storage) == cfg.param_hash()
-    outcomes: list = []  # per item, in order: a record now, or (item, out, exists) to probe
-    for item in items:
+
+    def decide(item):
+        """Without reading anything: a record now, or (item, out, stamp of the existing output or None) to probe."""
         try:
             out = output_path(out_dir, item.rel, cfg.output_format)
         except ValueError as exc:
-            outcomes.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
-            continue
-        exists = (str(out) in existing if existing is not None else out.exists()) and not cfg.overwrite
-        outcomes.append((item, out, exists))
-    to_probe = [o for o in outcomes if isinstance(o, tuple)]
+            return ImageRecord(str(item.path), item.rel, "failed", reason=str(exc))
+        stamp = None
+        if cfg.overwrite:
+            pass
+        elif listing is not None:
+            stamp = listing.get(str(out))
+        else:
+            with contextlib.suppress(OSError):
+                st = os.stat(out)
+                stamp = [st.st_size, st.st_mtime_ns]
+        if stamp is not None and ledger is not None and vouched(entries, ledger.name(out), stamp):
+            return ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists")
+        return item, out, stamp
 
     def probe(job):
         """-> a skipped/failed record, a WorkItem, or the description of a foreign output (str)."""
-        item, out, exists = job
-        if exists:
+        item, out, stamp = job
+        if stamp is not None:
             made_with = output_param_hash(out, storage)
             if made_with == ours or (made_with is None and claimed):  # None: BMP keeps no metadata
-                return ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists")
+                return ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists",
+                                   output_stamp=stamp)  # probed: the ledger vouches for it next time
             if not claimed:
                 return f"{item.rel} (hash {made_with})"
             log.info("%s was made with other parameters (hash %s) before this job's --overwrite; redoing it",
@@ -172,18 +160,22 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
             return ImageRecord(str(item.path), item.rel, "failed", reason=str(exc))
         return WorkItem(str(item.path), item.rel, str(out), hw)
 
-    if existing is not None or any(isinstance(item.path, URL) for item, _, _ in to_probe):
-        with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:  # latency-bound: in parallel, keep order
-            results = list(pool.map(probe, to_probe))
-    else:
-        results = map(probe, to_probe)
-    results, foreign = iter(results), []
-    for outcome in outcomes:
-        res = next(results) if isinstance(outcome, tuple) else outcome
-        if isinstance(res, str):
-            foreign.append(res)
-        else:
-            (plan.todo if isinstance(res, WorkItem) else plan.records).append(res)
+    threaded = listing is not None or any(isinstance(item.path, URL) for item in items)
+    foreign: list[str] = []
+    with ThreadPoolExecutor(max_workers=PROBE_THREADS if threaded else 1) as pool:
+        for chunk in _chunks(items, PLAN_CHUNK):
+            cheap = [decide(item) for item in chunk]
+            jobs = [c for c in cheap if isinstance(c, tuple)]
+            probed = iter(pool.map(probe, jobs) if threaded else map(probe, jobs))  # latency-bound: in parallel
+            for c in cheap:
+                res = next(probed) if isinstance(c, tuple) else c
+                if isinstance(res, str):
+                    foreign.append(res)
+                elif isinstance(res, WorkItem):
+                    plan.todo.append(res)
+                else:
+                    plan.planned[res.status] += 1
+                    emit(res)
     if foreign:
         raise JobMismatch(f"{out_dir} holds {len(foreign)} output(s) made with other parameters or not by "
                           f"dreamfleet (e.g. {foreign[0]}; this job {ours}); pass --overwrite to replace them "
@@ -195,11 +187,13 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
 
 
 @contextlib.contextmanager
-def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, command: str = "dream"):
+def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, command: str = "dream",
+                 on_planned: Callable[[ImageRecord], None] | None = None):
     """Lock ``out_dir``, remove stale temporaries, check the parameters, plan; yields (report, plan).
 
     The lock is held for the whole ``with`` block; planning records (skipped, failed) are already
-    in the report. Both the in-process job and the cluster driver start this way.
+    in the report (and passed to ``on_planned``). Every record added to the report also notes its
+    output in the done-ledger. Both the in-process job and the cluster driver start this way.
     """
     storage = Storage.for_config(cfg)
     if is_url(out_dir):
@@ -213,13 +207,35 @@ def prepared_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, comma
             log.info("removed %d stale temporary files left by an earlier run", stale)
         report.extra["stale_temporaries_removed"] = stale
         check_job_file(out_dir, cfg, storage)
-        plan = plan_job(cfg, inputs, out_dir, storage)
-        write_job_file(out_dir, cfg, storage)
-        for rec in plan.records:
+        report.start()
+        ledger = Ledger(out_dir, cfg.param_hash(), report.run_id, storage)
+        report.listeners.append(ledger.record)
+
+        def planned(rec: ImageRecord) -> None:
             report.add(rec)
-        log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),
-                 report.counts()["skipped"], report.counts()["failed"], plan.shapes)
-        yield report, plan
+            if on_planned:
+                on_planned(rec)
+
+        try:
+            with report.bulk():
+                plan = plan_job(cfg, inputs, out_dir, storage, on_record=planned, ledger=ledger)
+            write_job_file(out_dir, cfg, storage)
+            report.set_batch(cfg.batch_size)
+            log.info("%d to dream, %d skipped, %d failed at planning; shapes %s", len(plan.todo),
+                     plan.planned["skipped"], plan.planned["failed"], plan.shapes)
+            yield report, plan
+        except BaseException as exc:  # refused, crashed or interrupted: the summary says so, its refresher stops
+            report.abort(exc)
+            raise
+        finally:
+            ledger.close()
+
+
+def stop_if_tripped(report: RunReport, cause: str | None) -> None:
+    """After a persistent write error stopped the job: the summary's ``stopped`` entry and its one line."""
+    if cause:
+        report.extra["stopped"] = {"cause": cause, "not_attempted": report.not_attempted, "after": STOP_AFTER,
+                                   "message": stop_message(cause, report.not_attempted)}
 
 
 def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, backend_factory: BackendFactory,
@@ -236,11 +252,12 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, back
                 runner.prepare(plan.shapes)
                 t_work = time.perf_counter()
                 bar = _progress(len(plan.todo), progress)
-                runner.process(plan.todo, on_record=lambda r: (report.add(r), bar.update(1)))
+                runner.process(plan.todo, on_record=lambda r: (report.add(r), bar.update(1)))  # nothing accumulates
                 bar.close()
                 report.work_seconds = time.perf_counter() - t_work
                 report.extra["io_threads"] = runner.io_threads
                 report.extra["host_ms_per_image"] = runner.stages.per_image_ms()  # summed over threads
+                stop_if_tripped(report, runner.storage.cause)
             finally:
                 runner.close()
         report.write()

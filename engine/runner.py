@@ -40,13 +40,14 @@ from .storage import Storage
 from .tiled import TileScheduler, split_tiled
 from .transfer import HostTransfer
 from .version import dreamfleet_version
+from .writeguard import WriteGuard, WritesStopped, not_attempted, persistent_cause
 
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[DreamModel, DreamConfig, torch.device], Backend]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of them sit in the plan
 class WorkItem:
     path: str  # input file
     rel: str  # identity and output mirror path
@@ -81,7 +82,8 @@ class DreamRunner:
         self.io_threads = resolve_io_threads(cfg.io_threads, cpu_budget)  # per pool; -1: inline
         self.stages = StageTimes()
         self._pools: tuple | None = None  # (decode, write) executors, made on first use
-        self.storage = Storage.for_config(cfg)  # inputs/outputs may be object-store URLs: read/written here
+        # inputs/outputs may be object-store URLs: read/written here; the guard stops a job whose writes keep failing
+        self.storage = WriteGuard(Storage.for_config(cfg))
         self.device = resolve_device(cfg.device)
         guide = self._load_guide() if cfg.guide else None
         self.dm = build_dream_model_for(cfg, guide)
@@ -183,16 +185,17 @@ class DreamRunner:
         try:
             data = encode_image(item.output, out.permute(1, 2, 0).numpy(), alpha, dict(self.metadata, input=item.rel))
             t1 = time.perf_counter()
-            self.storage.write_bytes(item.output, data, fsync=True)  # local: temporary + fsync + rename
-        except Exception as exc:  # disk full, permissions
+            stamp = self.storage.write_bytes(item.output, data, fsync=True)  # local: temporary + fsync + rename
+        except Exception as exc:  # disk full, permissions: persistent (no retry; the guard counts them), or not
+            persistent = isinstance(exc, WritesStopped) or persistent_cause(exc) is not None
             return ImageRecord(item.path, item.rel, "failed", reason=f"cannot write output: {exc}",
-                               shape=list(item.hw), timings=timings, worker=self.worker, retryable=True)
+                               shape=list(item.hw), timings=timings, worker=self.worker, retryable=not persistent)
         t2 = time.perf_counter()
         self.stages.add("encode", t1 - t0)
         self.stages.add("write", t2 - t1)
         timings["save"] = round(t2 - t0, 4)
         return ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw), timings=timings,
-                           worker=self.worker)
+                           worker=self.worker, output_stamp=stamp)
 
     def _collect(self, batch: list[tuple[WorkItem, object]], emit: Callable[[ImageRecord], None]) -> _Batch | None:
         """Wait for a batch's decodes (in order); record unreadable inputs; stack the rest."""
@@ -254,13 +257,11 @@ class DreamRunner:
             emit(rec)
 
     def process(self, items: list[WorkItem], on_record: Callable[[ImageRecord], None] | None = None) -> list[ImageRecord]:
-        """Dream ``items`` bucket by bucket; returns one record per item (also passed to ``on_record``)."""
+        """Dream ``items`` bucket by bucket: one record per item, passed to ``on_record`` (nothing accumulates:
+        returns []) or, without it, returned as a list. Once the write guard trips (a persistent write error,
+        ``engine.writeguard``) nothing more is decoded or dreamed: the rest are recorded as not attempted."""
         records: list[ImageRecord] = []
-
-        def emit(rec: ImageRecord) -> None:
-            records.append(rec)
-            if on_record:
-                on_record(rec)
+        emit = on_record or records.append
 
         items, tiled = split_tiled(items, self.cfg)  # issue 10: larger than one tile window -> tile scheduler
         buckets: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
@@ -275,13 +276,13 @@ class DreamRunner:
 
         def refill() -> None:
             nonlocal submitted
-            while submitted < len(order) and not decoded.full():
+            while submitted < len(order) and not decoded.full() and not self.storage.cause:
                 decoded.push(decode_pool.submit(self.load_input, order[submitted]), order[submitted])
                 submitted += 1
 
         try:
             refill()
-            while len(decoded):
+            while len(decoded) and not self.storage.cause:
                 hw = tuple(decoded.futures[0][0].hw)
                 size = min(self.cfg.batch_size, self.batch_limit.get(hw, self.cfg.batch_size))
                 batch = []
@@ -300,6 +301,11 @@ class DreamRunner:
         finally:
             while len(writes):  # every queued write finishes (or fails) and is recorded
                 emit(writes.pop()[1])
-        if tiled:  # after the buckets: the tile scheduler shares fixed-shape batches across these images
+        if self.storage.cause:  # stopped: decoded ahead, never submitted, tiled
+            rest = [item for item, _ in decoded.futures] + order[submitted:] + list(tiled)
+            decoded.futures.clear()
+            for item in rest:
+                emit(not_attempted(item.path, item.rel, self.storage.reason, self.worker, item.hw))
+        elif tiled:  # after the buckets: the tile scheduler shares fixed-shape batches across these images
             TileScheduler(self, emit).run(tiled)
         return records

@@ -196,14 +196,41 @@ class Storage:
             return p.read_bytes()
         return self.call(f"read {p}", self.fs(p).cat_file, p.path)
 
-    def write_bytes(self, p, data: bytes | str, fsync: bool = True, **put_kwargs) -> None:
-        """Local: temporary + rename (``engine.atomic``). Object store: one PUT, nothing else to clean."""
+    def write_bytes(self, p, data: bytes | str, fsync: bool = True, **put_kwargs) -> list:
+        """Local: temporary + rename (``engine.atomic``). Object store: one PUT, nothing else to clean.
+
+        Returns the written file's stamp for the done-ledger: [size, mtime_ns] locally, [size, ETag] on a store."""
         p = location(p)
         if isinstance(p, Path):
             atomic_write(p, data, fsync=fsync)
-            return
+            st = os.stat(p)
+            return [st.st_size, st.st_mtime_ns]
         body = data.encode() if isinstance(data, str) else bytes(data)
-        self.call(f"write {p}", self.fs(p).pipe_file, p.path, body, **put_kwargs)
+        out = self.call(f"write {p}", self.fs(p).pipe_file, p.path, body, **put_kwargs)
+        etag = out.get("ETag") if isinstance(out, dict) else None
+        return [len(body), str(etag).strip('"') if etag else None]
+
+    def write_stream(self, p, writer: Callable) -> None:
+        """``writer(binary file)`` streams a large file: local temporary + rename, or a multipart upload."""
+        p = location(p)
+        if isinstance(p, Path):
+            atomic_write(p, writer, fsync=False)
+            return
+        with self.call(f"open {p}", self.fs(p).open, p.path, "wb") as fh:
+            writer(fh)
+
+    def listing(self, prefix: URL) -> dict[str, list]:
+        """Every object below ``prefix`` with its stamp, from one listing: {url: [size, ETag]}."""
+        fs = self.fs(prefix)
+        try:
+            found = self.call(f"list {prefix}", fs.find, prefix.path, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for key, info in found.items():
+            etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+            out[str(URL(f"{prefix.protocol}://{key}"))] = [int(info.get("size") or 0), str(etag).strip('"') if etag else None]
+        return out
 
     def delete(self, p) -> None:
         p = location(p)

@@ -28,16 +28,22 @@ SMOOTH_MODES = ("none", "gaussian", "laplacian")  # gradient smoothing: engine/s
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 STATUSES = (DONE, SKIPPED, FAILED)
 FINISHED = (DONE, SKIPPED)  # an output exists for the image
+NOT_ATTEMPTED = "not attempted"  # reason prefix of images a stopped job (persistent write error) never finished
 
 # files in the output folder
 STATE_DIR = ".dreamfleet"  # OUT/.dreamfleet/: lock, job.json, manifest.jsonl
-REPORT_NAME = "dreamfleet-report.json"
+REPORT_NAME = "dreamfleet-report.json"  # the run summary (totals, config, runs); records are in RECORDS_NAME
+RECORDS_NAME = "dreamfleet-report.jsonl"  # per-image records, one JSON line each, appended by every run
+RECORD_PARTS_NAME = "dreamfleet-report.parts"  # object stores: the records as part objects below this prefix
+LEDGER_NAME = "ledger.jsonl"  # OUT/.dreamfleet/ledger.jsonl: outputs as they land (name, size, stamp, hash)
+LEDGER_PARTS_NAME = "ledger"  # object stores: OUT/.dreamfleet/ledger/<run>-<seq>.jsonl parts
 CONTACT_SHEET_NAME = "dreamfleet-contact-sheet.png"
 MANIFEST_NAME = "manifest.jsonl"
 JOB_FILE_NAME = "job.json"
 LOCK_NAME = "lock"
 
 __all__ = ["BACKENDS", "COMPILE_MODES", "CONTACT_SHEET_NAME", "CPU_PRECISIONS", "DONE", "FAILED", "FINISHED", "GRAD_NORMS",
-           "GUIDED_KINDS", "HALF_PRECISIONS", "INTERPOLATIONS", "JOB_FILE_NAME", "LOCK_NAME", "MANIFEST_NAME",
+           "GUIDED_KINDS", "HALF_PRECISIONS", "INTERPOLATIONS", "JOB_FILE_NAME", "LEDGER_NAME", "LEDGER_PARTS_NAME",
+           "LOCK_NAME", "MANIFEST_NAME", "NOT_ATTEMPTED", "RECORD_PARTS_NAME", "RECORDS_NAME",
            "OBJECTIVE_KINDS", "OUTPUT_FORMATS", "PRECISIONS", "REPORT_NAME", "SKIPPED", "SMOOTH_MODES", "STATE_DIR", "STATUSES",
            "STEP_UNITS"]

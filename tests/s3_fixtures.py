@@ -30,12 +30,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_server(env: dict | None = None, timeout: float = 60.0):
-    """Yield the endpoint URL of a fresh moto server (extra ``env`` for it, e.g. to enforce auth)."""
+def moto_server(env: dict | None = None, timeout: float = 60.0, log=None):
+    """Yield the endpoint URL of a fresh moto server (extra ``env`` for it, e.g. to enforce auth; ``log``: a file
+    that receives its request log, one line per request: ``"GET /bucket/key HTTP/1.1" 200``)."""
     pytest.importorskip("moto.server")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=dict(os.environ, **(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=dict(os.environ, **(env or {})), stdout=subprocess.DEVNULL,
+                            stderr=open(log, "ab") if log else subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
         while True:

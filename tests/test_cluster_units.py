@@ -12,7 +12,14 @@ from ray_fixtures import make_images, tiny_config
 from dreamfleet.cluster.commands import add_parser, resolve_job
 from dreamfleet.cluster.contact_sheet import make_contact_sheet
 from dreamfleet.cluster.driver import ClusterOptions, ClusterResult, resolve_pool_options, run_cluster_job
-from dreamfleet.cluster.manifest import auto_shard_size, build_manifest, make_shards, manifest_path, reconcile
+from dreamfleet.cluster.manifest import (
+    Reconciler,
+    auto_shard_size,
+    build_manifest,
+    make_shards,
+    manifest_path,
+    read_manifest,
+)
 from dreamfleet.cluster.progress import Progress
 from dreamfleet.engine.job import JobLocked, OutputLock, plan_job
 from dreamfleet.engine.report import ImageRecord, RunReport
@@ -39,28 +46,36 @@ def test_manifest_hashes_and_reconciliation(tmp_path):
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
     cfg, out = tiny_config(), tmp_path / "out"
     plan = plan_job(cfg, [str(tmp_path / "in")], out)
-    entries = build_manifest(plan, out, cfg.param_hash())
+    assert build_manifest(plan, out, cfg.param_hash()) == 6
     lines = manifest_path(out).read_text().splitlines()
     assert json.loads(lines[0])["param_hash"] == cfg.param_hash() and len(lines) == 7
+    entries = list(read_manifest(out))
     assert {e.planned for e in entries} == {"todo", "failed"}
     assert all(e.content_hash and len(e.content_hash) == 32 for e in entries)
-    again = build_manifest(plan, out, cfg.param_hash())  # reuses the hashes (same size + mtime)
-    assert [e.content_hash for e in again] == [e.content_hash for e in entries]
+    assert build_manifest(plan, out, cfg.param_hash()) == 6  # reuses the hashes (same size + mtime)
+    assert [e.content_hash for e in read_manifest(out)] == [e.content_hash for e in entries]
+    assert not list(out.rglob("*.dreamfleet-tmp"))
 
-    records = list(plan.records)
+    recon = Reconciler()
+    for rec in plan.records:
+        recon.add(rec)
     for item in plan.todo[:-1]:
         (out / item.rel).parent.mkdir(parents=True, exist_ok=True)
         (out / item.rel).write_bytes(b"x")
-        records.append(ImageRecord(item.path, item.rel, "done", output=item.output))
-    result = reconcile(entries, records)
+        recon.add(ImageRecord(item.path, item.rel, "done", output=item.output))  # no stamp: looked at on disk
+    report = RunReport({}, out)
+    for rec in plan.records:
+        report.add(rec)
+    for item in plan.todo[:-1]:
+        report.add(ImageRecord(item.path, item.rel, "done", output=item.output))
+    result = recon.result(6, out, report.iter_records)
     assert not result["ok"] and [u["rel"] for u in result["unaccounted"]] == [plan.todo[-1].rel]
     assert result["failed"] == 1 and result["done"] == 4
-    report = RunReport({}, out)
-    for r in records:
-        report.add(r)
     assert ClusterResult(report, result).exit_code == 1
-    records.append(ImageRecord(plan.todo[-1].path, plan.todo[-1].rel, "done", output=plan.todo[-1].output))
-    assert reconcile(entries, records)["unaccounted"][0]["why"] == "done but output missing"
+    recon.add(ImageRecord(plan.todo[-1].path, plan.todo[-1].rel, "done", output=plan.todo[-1].output))
+    assert recon.result(6)["unaccounted"][0]["why"] == "done but output missing"
+    recon.missing.clear()
+    assert recon.result(6)["ok"]
 
 
 def test_pool_defaults_from_resources():

@@ -12,6 +12,7 @@ from PIL import Image
 from dreamfleet.cli import main
 from dreamfleet.engine.imageio import read_metadata
 from dreamfleet.engine.inputs import discover, output_path
+from dreamfleet.engine.report import read_records
 
 from conftest import random_rgb
 
@@ -65,7 +66,7 @@ def test_odd_inputs_resume_and_report(tmp_path, capsys):
     code = main(["dream", str(src), "-o", str(out), *FAST, "--max-pixels", "200000"])
     assert code == 1  # some images failed
     rep = _report(out)
-    status = {r["rel"]: r for r in rep["images"]}
+    status = {r["rel"]: r for r in read_records(out, run=rep["run"])}
     assert {k: v["status"] for k, v in status.items()} == expected
     reasons = {k: status[k]["reason"] for k, v in expected.items() if v == "failed"}
     assert "empty file" in reasons["empty.png"]

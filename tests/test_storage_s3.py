@@ -22,6 +22,7 @@ from dreamfleet.cli import main
 from dreamfleet.engine.atomic import TMP_SUFFIX
 from dreamfleet.engine.imageio import ImageLoadError, load_image, read_metadata
 from dreamfleet.engine.lease import LeaseHeld, LeaseLock
+from dreamfleet.engine.report import read_records
 from dreamfleet.engine.storage import URL, Storage, is_transient, location
 
 s3, s3_endpoint = s3_fixtures.s3, s3_fixtures.s3_endpoint  # the module's moto server, a bucket per test
@@ -88,9 +89,10 @@ def test_dream_resume_and_broken_object(s3, tmp_path, capsys):
     src, dst = s3.url("in"), s3.url("out")
     assert main(["dream", src, "-o", dst, *TINY]) == 1  # the broken object failed, the rest dreamed
     rep = _report(s3)
-    status = {r["rel"]: r["status"] for r in rep["images"]}
+    records = list(read_records(s3.url("out"), run=rep["run"]))
+    status = {r["rel"]: r["status"] for r in records}
     assert status == {**{k: "done" for k in GOOD}, "broken.png": "failed"}
-    broken = next(r for r in rep["images"] if r["rel"] == "broken.png")
+    broken = next(r for r in records if r["rel"] == "broken.png")
     assert "not an image" in broken["reason"] or "cannot" in broken["reason"]
     assert "s3://" in capsys.readouterr().out  # the report location is printed as a URL
     keys = s3.keys("out/")

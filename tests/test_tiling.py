@@ -1,7 +1,6 @@
 """Tiled dreaming: the tile grid, exactness, the tile error bound, shared batches, backends and whole jobs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from dreamfleet.engine.config import make_config
 from dreamfleet.engine.job import run_job
 from dreamfleet.engine.loop import dream_tensor
 from dreamfleet.engine.octaves import plan_shapes
+from dreamfleet.engine.report import read_records
 from dreamfleet.engine.runner import DreamRunner, WorkItem
 from dreamfleet.engine.space import ImageSpace
 from dreamfleet.engine.tiled import TileScheduler
@@ -167,7 +167,7 @@ def test_tiled_job_writes_full_size_and_a_bad_image_fails_alone(tmp_path, fast_o
     (src / "broken.png").write_bytes(b"not a png")
     cfg = make_config(overrides=dict(fast_overrides, tile=64, tile_overlap=16, max_side=0, snap=1, batch_size=4))
     report = run_job(cfg, [str(src)], tmp_path / "out", create_backend, progress=False)
-    rows = {r["rel"]: r for r in json.loads((tmp_path / "out" / "dreamfleet-report.json").read_text())["images"]}
+    rows = {r["rel"]: r for r in read_records(tmp_path / "out")}
     assert {k: r["status"] for k, r in rows.items()} == {"big.png": "done", "small.png": "done", "broken.png": "failed"}
     assert Image.open(tmp_path / "out" / "big.png").size == (250, 180)
     assert report.counts()["done"] == 2

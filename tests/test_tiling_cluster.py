@@ -24,6 +24,7 @@ from dreamfleet.cluster.driver import ClusterOptions, run_cluster_job
 from dreamfleet.engine.atomic import TMP_SUFFIX
 from dreamfleet.engine.job import run_job
 from dreamfleet.engine.octaves import octave_sizes
+from dreamfleet.engine.report import read_records
 from dreamfleet.engine.tiling import needs_tiling
 
 pytestmark = pytest.mark.ray
@@ -107,7 +108,7 @@ def test_tiled_run_job_equals_the_single_process_dream(ray_cluster, tmp_path, on
     assert res.report.counts() == {"done": 4, "skipped": 0, "failed": 1} and res.exit_code == 1
     assert extra["reconciliation"]["ok"] and extra["reconciliation"]["manifest_entries"] == 5
     assert extra["cluster"]["shards"] == 3 and extra["worker_restarts"] == 0 and extra["quarantined"] == []
-    rows = {r["rel"]: r for r in json.loads((tmp_path / "run" / "dreamfleet-report.json").read_text())["images"]}
+    rows = {r["rel"]: r for r in read_records(tmp_path / "run")}
     assert rows["broken.png"]["status"] == "failed" and rows["broken.png"]["reason"]
     for name, (h, w) in {**large, "small.png": (64, 80)}.items():
         assert rows[name]["status"] == "done"
