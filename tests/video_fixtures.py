@@ -1,0 +1,118 @@
+"""Short test clips generated with PyAV: a pan with AAC audio at 30000/1001 fps, a variable-frame-rate
+clip, a clip with a scene cut, a rotated clip and a truncated file.
+
+Every clip is tiny (96x64 or so, well under a second) so a test that decodes and re-encodes one
+takes tens of milliseconds. The pan crops a sliding window out of a sample photo, so the true
+optical flow between two frames is a known, constant shift.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+NTSC = Fraction(30000, 1001)
+
+
+def photo(name: str = "coffee.png", width: int = 320) -> np.ndarray:
+    """A sample photo as [H, W, 3] uint8, resized to ``width`` (aspect kept)."""
+    im = Image.open(SAMPLES / name).convert("RGB")
+    h = round(im.height * width / im.width)
+    return np.asarray(im.resize((width, h), Image.BILINEAR))
+
+
+def pan_frames(n: int, size: tuple[int, int] = (96, 64), step: int = 2, name: str = "coffee.png") -> list[np.ndarray]:
+    """``n`` crops of ``size`` (W, H) moving ``step`` px right per frame: frame t = photo[:, x0 + step * t]."""
+    w, h = size
+    src = photo(name)
+    y0 = (src.shape[0] - h) // 2
+    return [np.ascontiguousarray(src[y0:y0 + h, 8 + step * t:8 + step * t + w]) for t in range(n)]
+
+
+def _add_audio(out, seconds: float, rate: int = 48000, codec: str = "aac") -> None:
+    """Mux a 440 Hz tone of ``seconds`` into ``out`` (its stream must be added before the first mux)."""
+    stream = out.streams.audio[0]
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]  # [1, n] planar mono
+    chunk = 1024
+    for i in range(0, n, chunk):
+        frame = av.AudioFrame.from_ndarray(tone[:, i:i + chunk].copy(), format="fltp", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = i
+        frame.time_base = Fraction(1, rate)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def write_clip(path: Path, frames: list[np.ndarray], pts: list[int], time_base: Fraction,
+               rate: Fraction | None = None, audio: str | None = None, rotation: int = 0,
+               codec: str = "libx264") -> Path:
+    """Encode ``frames`` with the given per-frame ``pts`` in ``time_base`` (and optionally a tone in ``audio``)."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=rate or NTSC)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.time_base = time_base
+        vs.codec_context.time_base = time_base
+        if codec == "libx264":
+            vs.options = {"crf": "12", "preset": "ultrafast"}
+        if rotation:
+            vs.set_display_rotation(rotation)
+        if audio:
+            a = out.add_stream(audio, rate=48000)
+            a.layout = "mono"
+        for img, p in zip(frames, pts):
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts, vf.time_base = p, time_base
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode(None))
+        if audio:
+            _add_audio(out, float(pts[-1] * time_base) + 0.1, codec=audio)
+    return path
+
+
+def pan_clip(path: Path, n: int = 24, audio: bool = True) -> Path:
+    """The pan at exactly 30000/1001 fps (time base 1/30000, pts = 1001 * t) with an AAC tone."""
+    return write_clip(path, pan_frames(n), [1001 * t for t in range(n)], Fraction(1, 30000), NTSC,
+                      audio="aac" if audio else None)
+
+
+def vfr_clip(path: Path, n: int = 16) -> Path:
+    """Variable frame rate: gaps of 1, 2 and 3 ticks of 1/1000 s * 20 (20, 40, 60 ms) in turn."""
+    pts, t = [], 0
+    for i in range(n):
+        pts.append(t)
+        t += 20 * (1 + i % 3)
+    return write_clip(path, pan_frames(n), pts, Fraction(1, 1000), Fraction(25))
+
+
+def cut_clip(path: Path, n: int = 12, cut_at: int = 6) -> Path:
+    """A pan over one photo, then (from frame ``cut_at``) a pan over another: one hard scene cut."""
+    frames = pan_frames(cut_at) + pan_frames(n - cut_at, name="astronaut.png")
+    return write_clip(path, frames, list(range(n)), Fraction(1, 25), Fraction(25))
+
+
+def rotated_clip(path: Path, n: int = 6, rotation: int = 90) -> Path:
+    """A clip whose container says: display rotated by ``rotation`` degrees (counter-clockwise)."""
+    return write_clip(path, pan_frames(n), list(range(n)), Fraction(1, 25), Fraction(25), rotation=rotation)
+
+
+def truncated_clip(path: Path, source: Path, keep: float = 0.6) -> Path:
+    """The first ``keep`` of ``source``'s bytes, as a download cut short would leave it.
+
+    The source is written as MPEG-TS so the cut file still opens (an MP4 cut before its index
+    does not): it decodes part of the way, then ends early.
+    """
+    data = source.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+def ts_pan_clip(path: Path, n: int = 24) -> Path:
+    """The pan in an MPEG-TS container (time base 1/90000), the container a cut-short stream is often in."""
+    return write_clip(path, pan_frames(n), [3003 * t for t in range(n)], Fraction(1, 90000), NTSC)
