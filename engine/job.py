@@ -33,6 +33,7 @@ from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
 from .storage import URL, Storage, is_url, location
+from .video.plan import is_video, plan_video, video_output
 from .vocabulary import JOB_FILE_NAME, LOCK_NAME, STATE_DIR
 
 log = logging.getLogger(__name__)
@@ -145,17 +146,18 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
     outcomes: list = []  # per item, in order: a record now, or (item, out, exists) to probe
     for item in items:
         try:
-            out = output_path(out_dir, item.rel, cfg.output_format)
+            video = is_video(item.path, storage)
+            out = video_output(out_dir, item.rel) if video else output_path(out_dir, item.rel, cfg.output_format)
         except ValueError as exc:
             outcomes.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
             continue
         exists = (str(out) in existing if existing is not None else out.exists()) and not cfg.overwrite
-        outcomes.append((item, out, exists))
+        outcomes.append((item, out, exists, video))
     to_probe = [o for o in outcomes if isinstance(o, tuple)]
 
     def probe(job):
         """-> a skipped/failed record, a WorkItem, or the description of a foreign output (str)."""
-        item, out, exists = job
+        item, out, exists, video = job
         if exists:
             made_with = output_param_hash(out, storage)
             if made_with == ours or (made_with is None and claimed):  # None: BMP keeps no metadata
@@ -165,6 +167,8 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
             log.info("%s was made with other parameters (hash %s) before this job's --overwrite; redoing it",
                      item.rel, made_with)
         try:
+            if video:  # issue 20: a video is one work item (all its frames on one worker)
+                return plan_video(item.path, item.rel, out, cfg, storage)
             w, h = probe_size(item.path, cfg.max_pixels, storage)
             hw = working_size(w, h, cfg)
             usable_octaves(hw[0], hw[1], cfg.octaves, cfg.octave_scale, spec.min_size)
@@ -172,7 +176,7 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
             return ImageRecord(str(item.path), item.rel, "failed", reason=str(exc))
         return WorkItem(str(item.path), item.rel, str(out), hw)
 
-    if existing is not None or any(isinstance(item.path, URL) for item, _, _ in to_probe):
+    if existing is not None or any(isinstance(job[0].path, URL) for job in to_probe):
         with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:  # latency-bound: in parallel, keep order
             results = list(pool.map(probe, to_probe))
     else:
@@ -235,8 +239,9 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, back
             try:
                 runner.prepare(plan.shapes)
                 t_work = time.perf_counter()
-                bar = _progress(len(plan.todo), progress)
-                runner.process(plan.todo, on_record=lambda r: (report.add(r), bar.update(1)))
+                bar = _progress(sum(i.frames or 1 for i in plan.todo), progress)  # a video counts its frames
+                runner.process(plan.todo, on_record=lambda r: (report.add(r), r.video or bar.update(1)),
+                               on_frames=bar.update)
                 bar.close()
                 report.work_seconds = time.perf_counter() - t_work
                 report.extra["io_threads"] = runner.io_threads
@@ -252,4 +257,4 @@ def _progress(total: int, enabled: bool | None):
 
     if enabled is None:
         enabled = sys.stderr.isatty()
-    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit="frame", disable=not enabled, dynamic_ncols=True)  # images count as one frame

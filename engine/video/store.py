@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
+from ..vocabulary import STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -86,4 +87,12 @@ class FrameStore:
         return bgr[..., ::-1]
 
     def remove(self) -> None:
+        """Drop the frames and chain state, and the folders left empty above them (up to OUT/.dreamfleet)."""
         shutil.rmtree(self.root, ignore_errors=True)
+        for parent in self.root.parents:
+            if parent.name == STATE_DIR:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty: another video's state
+                break
