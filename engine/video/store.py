@@ -84,7 +84,7 @@ class FrameStore:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise OSError(f"cannot read dreamed frame {path}")
-        return bgr[..., ::-1]
+        return np.ascontiguousarray(bgr[..., ::-1])
 
     def remove(self) -> None:
         """Drop the frames and chain state, and the folders left empty above them (up to OUT/.dreamfleet)."""
