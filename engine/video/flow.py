@@ -49,35 +49,50 @@ def _dis(preset: str):
     return cv2.DISOpticalFlow_create(PRESETS.index(preset))  # 0 ultrafast, 1 fast, 2 medium
 
 
-def _sample_points(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (xs, ys) [H, W] float32."""
+    xs = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
+    ys = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
+    return xs, ys
+
+
+def _sample_points(flow: np.ndarray, grid=None) -> tuple[np.ndarray, np.ndarray]:
     """Absolute sampling coordinates (map_x, map_y) [H, W] float32 for a backward flow."""
-    h, w = flow.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return xs + flow[..., 0], ys + flow[..., 1]
+    import cv2
+
+    xs, ys = grid if grid is not None else _grid(*flow.shape[:2])
+    dx, dy = cv2.split(flow)
+    return xs + dx, ys + dy
 
 
-def warp_np(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
+def warp_np(img: np.ndarray, flow: np.ndarray, grid=None) -> np.ndarray:
     """``img`` [H, W, C] (or [H, W]) sampled at (x + dx, y + dy): bilinear, edge pixels repeated outside."""
     import cv2
 
-    mx, my = _sample_points(flow)
+    mx, my = _sample_points(flow, grid)
     return cv2.remap(img, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def reliability(back: np.ndarray, fwd: np.ndarray) -> np.ndarray:
+def reliability(back: np.ndarray, fwd: np.ndarray, grid=None) -> np.ndarray:
     """[H, W] bool: backward flow ``back`` agrees with forward flow ``fwd`` and lands inside the previous frame."""
+    import cv2
+
     h, w = back.shape[:2]
-    mx, my = _sample_points(back)
+    mx, my = _sample_points(back, grid)
     inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
-    fwd_at = warp_np(fwd, back)  # forward flow at where each pixel came from  [H, W, 2]
-    total = back + fwd_at  # ~0 where the two agree
-    a, b = CONSISTENCY
-    agree = (total ** 2).sum(-1) <= a * ((back ** 2).sum(-1) + (fwd_at ** 2).sum(-1)) + b
-    gy_x, gx_x = np.gradient(back[..., 0])
-    gy_y, gx_y = np.gradient(back[..., 1])
+    fx, fy = cv2.split(cv2.remap(fwd, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))  # fwd at source
+    bx, by = cv2.split(back)
+    b2, f2 = bx * bx + by * by, fx * fx + fy * fy
+    sx, sy = bx + fx, by + fy  # ~0 where the two flows agree
+    a, c = CONSISTENCY
+    agree = sx * sx + sy * sy <= a * (b2 + f2) + c
+    grad = np.zeros_like(b2)
+    for ch in (bx, by):  # central differences, as np.gradient
+        for dx, dy in ((1, 0), (0, 1)):
+            g = cv2.Sobel(ch, cv2.CV_32F, dx, dy, ksize=1, scale=0.5)
+            grad += g * g
     ea, eb = MOTION_EDGE
-    edge = gx_x ** 2 + gy_x ** 2 + gx_y ** 2 + gy_y ** 2 > ea * (back ** 2).sum(-1) + eb
-    return inside & agree & ~edge
+    return inside & agree & (grad <= ea * b2 + eb)
 
 
 class FlowEstimator:
@@ -86,15 +101,20 @@ class FlowEstimator:
     def __init__(self, preset: str = "fast"):
         self.preset = preset
         self._dis = _dis(preset)
+        self._grid: tuple[np.ndarray, np.ndarray] | None = None  # pixel coordinates for the current shape
 
     def __call__(self, prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> FlowPair:
+        import cv2
+
         if prev_rgb.shape != cur_rgb.shape:
             raise ValueError(f"frames differ in shape: {prev_rgb.shape} vs {cur_rgb.shape}")
         prev, cur = _gray(prev_rgb), _gray(cur_rgb)
+        if self._grid is None or self._grid[0].shape != cur.shape:
+            self._grid = _grid(*cur.shape)
         back = self._dis.calc(cur, prev, None)  # [H, W, 2]: cur(x) ~ prev(x + back(x))
         fwd = self._dis.calc(prev, cur, None)  # [H, W, 2]: prev(x) ~ cur(x + fwd(x))
-        reliable = reliability(back, fwd)
-        residual = float(np.abs(cur.astype(np.float32) - warp_np(prev, back).astype(np.float32)).mean() / 255)
+        reliable = reliability(back, fwd, self._grid)
+        residual = float(cv2.absdiff(cur, warp_np(prev, back, self._grid)).mean() / 255)
         cut = residual > CUT_RESIDUAL or reliable.mean() < CUT_RELIABLE
         if cut:
             reliable = np.zeros_like(reliable)
