@@ -28,33 +28,36 @@ def photo(name: str = "coffee.png", width: int = 320) -> np.ndarray:
 def pan_frames(n: int, size: tuple[int, int] = (96, 64), step: int = 2, name: str = "coffee.png") -> list[np.ndarray]:
     """``n`` crops of ``size`` (W, H) moving ``step`` px right per frame: frame t = photo[:, x0 + step * t]."""
     w, h = size
-    src = photo(name)
+    src = photo(name, width=max(320, w + 16 + step * n))
     y0 = (src.shape[0] - h) // 2
     return [np.ascontiguousarray(src[y0:y0 + h, 8 + step * t:8 + step * t + w]) for t in range(n)]
 
 
-def _add_audio(out, seconds: float, rate: int = 48000, codec: str = "aac") -> None:
+def _add_audio(out, seconds: float) -> None:
     """Mux a 440 Hz tone of ``seconds`` into ``out`` (its stream must be added before the first mux)."""
     stream = out.streams.audio[0]
+    rate = stream.codec_context.sample_rate
     n = int(seconds * rate)
     t = np.arange(n) / rate
     tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]  # [1, n] planar mono
     chunk = 1024
+    resampler = av.AudioResampler(format=stream.codec_context.codec.audio_formats[0].name, layout="mono", rate=rate)
     for i in range(0, n, chunk):
         frame = av.AudioFrame.from_ndarray(tone[:, i:i + chunk].copy(), format="fltp", layout="mono")
         frame.sample_rate = rate
         frame.pts = i
         frame.time_base = Fraction(1, rate)
-        out.mux(stream.encode(frame))
+        for rf in resampler.resample(frame):
+            out.mux(stream.encode(rf))
     out.mux(stream.encode(None))
 
 
 def write_clip(path: Path, frames: list[np.ndarray], pts: list[int], time_base: Fraction,
                rate: Fraction | None = None, audio: str | None = None, rotation: int = 0,
-               codec: str = "libx264") -> Path:
+               codec: str = "libx264", faststart: bool = False) -> Path:
     """Encode ``frames`` with the given per-frame ``pts`` in ``time_base`` (and optionally a tone in ``audio``)."""
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as out:
         vs = out.add_stream(codec, rate=rate or NTSC)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.time_base = time_base
@@ -64,7 +67,7 @@ def write_clip(path: Path, frames: list[np.ndarray], pts: list[int], time_base: 
         if rotation:
             vs.set_display_rotation(rotation)
         if audio:
-            a = out.add_stream(audio, rate=48000)
+            a = out.add_stream(audio, rate=8000 if audio == "pcm_mulaw" else 48000)
             a.layout = "mono"
         for img, p in zip(frames, pts):
             vf = av.VideoFrame.from_ndarray(img, format="rgb24")
@@ -72,7 +75,7 @@ def write_clip(path: Path, frames: list[np.ndarray], pts: list[int], time_base: 
             out.mux(vs.encode(vf))
         out.mux(vs.encode(None))
         if audio:
-            _add_audio(out, float(pts[-1] * time_base) + 0.1, codec=audio)
+            _add_audio(out, float(pts[-1] * time_base) + 0.1)
     return path
 
 
@@ -102,14 +105,28 @@ def rotated_clip(path: Path, n: int = 6, rotation: int = 90) -> Path:
     return write_clip(path, pan_frames(n), list(range(n)), Fraction(1, 25), Fraction(25), rotation=rotation)
 
 
-def truncated_clip(path: Path, source: Path, keep: float = 0.6) -> Path:
-    """The first ``keep`` of ``source``'s bytes, as a download cut short would leave it.
+def truncated_clip(path: Path, n: int = 24, keep: float = 0.6) -> Path:
+    """The first ``keep`` of a faststart MP4's bytes, as a download cut short would leave it.
 
-    The source is written as MPEG-TS so the cut file still opens (an MP4 cut before its index
-    does not): it decodes part of the way, then ends early.
+    The index (moov) is at the front, so the cut file still opens and lists ``n`` frames, but
+    only some of them decode. (An MP4 whose index is at the end does not open at all once cut:
+    that is the broken-file case.)
     """
-    data = source.read_bytes()
+    full = path.with_name("full-" + path.name)
+    write_clip(full, pan_frames(n), [1001 * t for t in range(n)], Fraction(1, 30000), NTSC, faststart=True)
+    data = full.read_bytes()
+    full.unlink()
     path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+def broken_clip(path: Path) -> Path:
+    """A pan MP4 (index at the end) cut at half: it starts like a video but FFmpeg cannot open it."""
+    full = path.with_name("full-" + path.name)
+    pan_clip(full, n=12, audio=False)
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[:len(data) // 2])
     return path
 
 

@@ -34,6 +34,7 @@ class Frame:
     pts: int  # presentation timestamp in ``time_base`` units (the source's, unchanged)
     time_base: Fraction
     rgb: np.ndarray  # [H, W, 3] uint8, upright (display orientation)
+    duration: int | None = None  # how long it shows, in ``time_base`` units, when the container says
 
     @property
     def time(self) -> float:
@@ -122,7 +123,7 @@ class Decoder:
                         continue
                     if self.stop is not None and index >= self.stop:
                         return
-                    yield Frame(index, pts, tb, self._rgb(vf, rotation))
+                    yield Frame(index, pts, tb, self._rgb(vf, rotation), vf.duration or None)
                 expected = self.info.frames
                 if not self.truncated and expected and self.decoded < expected:
                     self._note_end(f"decoded {self.decoded} of the {expected} frames the header lists")

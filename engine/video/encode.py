@@ -81,6 +81,7 @@ class VideoEncoder:
         self.size = even_size(size)  # display orientation
         self.rotation = info.rotation
         self.frames, self.last_pts = 0, None
+        self._durations: dict[int, int] = {}  # pts -> duration of frames the encoder still holds
         self._workdir = Path(tempfile.mkdtemp(prefix="dreamfleet-encode-"))
         self._video_tmp = self._workdir / "video.mp4"
         self._out = av.open(str(self._video_tmp), "w", format=OUTPUT_FORMAT,
@@ -99,8 +100,11 @@ class VideoEncoder:
         den = self.info.time_base.denominator
         return {"video_track_timescale": str(den)} if den < (1 << 31) else {}
 
-    def write(self, rgb: np.ndarray, pts: int) -> None:
-        """Encode one upright frame [H, W, 3] uint8 (H, W >= the output size) at ``pts`` (source time base)."""
+    def write(self, rgb: np.ndarray, pts: int, duration: int | None = None) -> None:
+        """Encode one upright frame [H, W, 3] uint8 (H, W >= the output size) at ``pts`` (source time base).
+
+        ``duration`` (``Frame.duration``) keeps the last frame's display time, hence the clip's duration.
+        """
         import av
 
         if self.last_pts is not None and pts <= self.last_pts:
@@ -112,7 +116,9 @@ class VideoEncoder:
         vf = av.VideoFrame.from_ndarray(img, format="rgb24")
         vf = vf.reformat(format=PIX_FMT, dst_colorspace="ITU709", dst_color_range="MPEG")
         vf.pts, vf.time_base = pts, self.info.time_base
-        self._out.mux(self._stream.encode(vf))
+        if duration:
+            self._durations[pts] = duration  # until its packet comes out of the encoder (a few frames)
+        self._mux_encoded(self._stream.encode(vf))
         self.frames += 1
         self.last_pts = pts
 
@@ -123,6 +129,15 @@ class VideoEncoder:
                 continue
             packet.stream = out_stream
             yield packet
+
+    def _mux_encoded(self, packets) -> None:
+        """Mux encoder output into the temporary, each packet lasting as long as its frame (VFR: the
+        muxer takes the last frame's display time, hence the clip's duration, from it)."""
+        for packet in packets:
+            duration = self._durations.pop(packet.pts, None)
+            if duration:
+                packet.duration = duration
+            self._out.mux(packet)
 
     def _mux_final(self, final: Path, audio_from) -> list[str]:
         """Remux the video temporary + ``audio_from``'s audio into ``final`` (interleaved by time)."""
@@ -152,7 +167,7 @@ class VideoEncoder:
     def close(self, audio_from=None) -> dict:
         """Finish the stream, mux the audio of ``audio_from`` (a path/URL, or None) and write ``dest``; the facts."""
         try:
-            self._out.mux(self._stream.encode(None))
+            self._mux_encoded(self._stream.encode(None))
             self._out.close()
             if self.frames == 0:
                 raise ValueError(f"no frames were written for {self.dest}")

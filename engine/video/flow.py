@@ -49,35 +49,74 @@ def _dis(preset: str):
     return cv2.DISOpticalFlow_create(PRESETS.index(preset))  # 0 ultrafast, 1 fast, 2 medium
 
 
-def _sample_points(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute sampling coordinates (map_x, map_y) [H, W] float32 for a backward flow."""
-    h, w = flow.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return xs + flow[..., 0], ys + flow[..., 1]
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (xs, ys) [H, W] float32."""
+    xs = np.ascontiguousarray(np.broadcast_to(np.arange(w, dtype=np.float32), (h, w)))
+    ys = np.ascontiguousarray(np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w)))
+    return xs, ys
 
 
 def warp_np(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """``img`` [H, W, C] (or [H, W]) sampled at (x + dx, y + dy): bilinear, edge pixels repeated outside."""
     import cv2
 
-    mx, my = _sample_points(flow)
-    return cv2.remap(img, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    xs, ys = _grid(*flow.shape[:2])
+    return cv2.remap(img, xs + flow[..., 0], ys + flow[..., 1], interpolation=cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
 
 
-def reliability(back: np.ndarray, fwd: np.ndarray) -> np.ndarray:
+class _Scratch:
+    """Arrays for one frame shape, reused pair after pair: a frame's check allocates nothing, so no freed
+    block is trimmed and faulted in again (that doubled the cost per pair under the job's allocator)."""
+
+    def __init__(self, h: int, w: int):
+        self.shape = (h, w)
+        self.xs, self.ys = _grid(h, w)
+        self.mx, self.my, self.t1, self.t2, self.t3 = (np.empty((h, w), np.float32) for _ in range(5))
+        self.bx, self.by = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+        self.fwd_at, self.sq = np.empty((h, w, 2), np.float32), np.empty((h, w, 2), np.float32)
+        self.ok, self.tb = np.empty((h, w), bool), np.empty((h, w), bool)
+        self.warped = np.empty((h, w), np.uint8)
+
+    def sq_norm(self, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out = |v|^2 per pixel for a [H, W, 2] field."""
+        np.multiply(v, v, out=self.sq)
+        return np.add(self.sq[..., 0], self.sq[..., 1], out=out)
+
+
+def reliability(back: np.ndarray, fwd: np.ndarray, scratch: _Scratch | None = None) -> np.ndarray:
     """[H, W] bool: backward flow ``back`` agrees with forward flow ``fwd`` and lands inside the previous frame."""
+    import cv2
+
     h, w = back.shape[:2]
-    mx, my = _sample_points(back)
-    inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
-    fwd_at = warp_np(fwd, back)  # forward flow at where each pixel came from  [H, W, 2]
-    total = back + fwd_at  # ~0 where the two agree
-    a, b = CONSISTENCY
-    agree = (total ** 2).sum(-1) <= a * ((back ** 2).sum(-1) + (fwd_at ** 2).sum(-1)) + b
-    gy_x, gx_x = np.gradient(back[..., 0])
-    gy_y, gx_y = np.gradient(back[..., 1])
+    s = scratch or _Scratch(h, w)
+    np.add(s.xs, back[..., 0], out=s.mx)
+    np.add(s.ys, back[..., 1], out=s.my)  # where each pixel of cur was in prev
+    ok, tb = s.ok, s.tb
+    np.greater_equal(s.mx, 0, out=ok)
+    for arr, lo_hi in ((s.mx, (None, w - 1)), (s.my, (0, h - 1))):
+        if lo_hi[0] is not None:
+            ok &= np.greater_equal(arr, lo_hi[0], out=tb)
+        ok &= np.less_equal(arr, lo_hi[1], out=tb)
+    cv2.remap(fwd, s.mx, s.my, cv2.INTER_LINEAR, dst=s.fwd_at, borderMode=cv2.BORDER_REPLICATE)  # fwd at source
+    a, c = CONSISTENCY
+    s.sq_norm(s.fwd_at, s.t3)
+    s.t3 += s.sq_norm(back, s.t2)  # |f|^2 + |b|^2
+    s.sq_norm(np.add(back, s.fwd_at, out=s.fwd_at), s.t1)  # |b + f|^2, ~0 where the two flows agree
+    s.t3 *= a
+    s.t3 += c
+    ok &= np.less_equal(s.t1, s.t3, out=tb)
+    s.t1.fill(0)  # |grad b|^2: central differences, as np.gradient
+    cv2.split(back, [s.bx, s.by])
+    for ch in (s.bx, s.by):
+        for dx, dy in ((1, 0), (0, 1)):
+            cv2.Sobel(ch, cv2.CV_32F, dx, dy, dst=s.t3, ksize=1, scale=0.5)
+            cv2.accumulateSquare(s.t3, s.t1)
     ea, eb = MOTION_EDGE
-    edge = gx_x ** 2 + gy_x ** 2 + gx_y ** 2 + gy_y ** 2 > ea * (back ** 2).sum(-1) + eb
-    return inside & agree & ~edge
+    s.t2 *= ea  # t2 still holds |b|^2
+    s.t2 += eb
+    ok &= np.less_equal(s.t1, s.t2, out=tb)
+    return ok.copy()
 
 
 class FlowEstimator:
@@ -86,19 +125,26 @@ class FlowEstimator:
     def __init__(self, preset: str = "fast"):
         self.preset = preset
         self._dis = _dis(preset)
+        self._scratch: _Scratch | None = None  # buffers for the current frame shape
 
     def __call__(self, prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> FlowPair:
+        import cv2
+
         if prev_rgb.shape != cur_rgb.shape:
             raise ValueError(f"frames differ in shape: {prev_rgb.shape} vs {cur_rgb.shape}")
         prev, cur = _gray(prev_rgb), _gray(cur_rgb)
+        if self._scratch is None or self._scratch.shape != cur.shape:
+            self._scratch = _Scratch(*cur.shape)
+        s = self._scratch
         back = self._dis.calc(cur, prev, None)  # [H, W, 2]: cur(x) ~ prev(x + back(x))
         fwd = self._dis.calc(prev, cur, None)  # [H, W, 2]: prev(x) ~ cur(x + fwd(x))
-        reliable = reliability(back, fwd)
-        residual = float(np.abs(cur.astype(np.float32) - warp_np(prev, back).astype(np.float32)).mean() / 255)
+        reliable = reliability(back, fwd, s)  # leaves s.mx, s.my = x + back
+        cv2.remap(prev, s.mx, s.my, cv2.INTER_LINEAR, dst=s.warped, borderMode=cv2.BORDER_REPLICATE)
+        residual = cv2.mean(cv2.absdiff(cur, s.warped, dst=s.warped))[0] / 255
         cut = residual > CUT_RESIDUAL or reliable.mean() < CUT_RELIABLE
         if cut:
-            reliable = np.zeros_like(reliable)
-        return FlowPair(back.astype(np.float32, copy=False), reliable, bool(cut), residual)
+            reliable[:] = False
+        return FlowPair(back, reliable, bool(cut), float(residual))
 
 
 def flow_pair(prev_rgb: np.ndarray, cur_rgb: np.ndarray, preset: str = "fast") -> FlowPair:

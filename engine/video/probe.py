@@ -17,13 +17,15 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..imageio import ImageLoadError
-from ..storage import URL, Storage, location
+from ..storage import Storage, location
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 SNIFF_BYTES = 16  # enough for every signature below
-_EBML = b"\x1a\x45\xdf\xa3"
+_EBML = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide")  # first box of an MP4 (ftyp) or an old QuickTime file
+_NOT_VIDEO_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"M4A ", b"M4B ", b"M4P ")  # stills, audio
 
 
 class VideoLoadError(ImageLoadError):
@@ -32,8 +34,8 @@ class VideoLoadError(ImageLoadError):
 
 def sniff_video(head: bytes) -> bool:
     """True if ``head`` (a file's first bytes, >= 12) starts like MP4/MOV, Matroska/WebM or AVI."""
-    if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"):  # ISO BMFF / QuickTime
-        return head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide")
+    if head[4:8] in _ISO_BOXES:  # ISO BMFF (mp4, m4v, 3gp) / QuickTime: a box size, then its type
+        return head[4:8] != b"ftyp" or head[8:12] not in _NOT_VIDEO_BRANDS
     if head[:4] == _EBML:
         return True
     return head[:4] == b"RIFF" and head[8:11] == b"AVI"
@@ -100,7 +102,12 @@ def open_input(path: Path):
     try:
         container = av.open(str(path), "r")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise VideoLoadError(f"not a video FFmpeg can open: {exc}") from None
+        why = getattr(exc, "strerror", None) or str(exc)
+        with open(path, "rb") as fh:
+            looks_like = sniff_video(fh.read(SNIFF_BYTES))
+        if looks_like:
+            raise VideoLoadError(f"a video container FFmpeg cannot open ({why}): broken, or cut short") from None
+        raise VideoLoadError(f"not a video FFmpeg can open ({why})") from None
     if not container.streams.video:
         container.close()
         raise VideoLoadError("no video stream (not a video FFmpeg can decode)")
@@ -122,7 +129,8 @@ def probe_video(path, storage: Storage | None = None) -> VideoInfo:
         try:
             first = next(c.decode(vs), None)
         except av.FFmpegError as exc:
-            raise VideoLoadError(f"cannot decode the first frame: {exc}") from None
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise VideoLoadError(f"cannot decode the first frame ({why}): broken, or cut short") from None
         if first is None:
             raise VideoLoadError("the video stream has no decodable frame")
         duration = None
