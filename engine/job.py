@@ -33,7 +33,7 @@ from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
 from .storage import URL, Storage, is_url, location
-from .video.plan import is_video, plan_video, video_output
+from .video.plan import plan_video
 from .vocabulary import JOB_FILE_NAME, LOCK_NAME, STATE_DIR
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
     outcomes: list = []  # per item, in order: a record now, or (item, out, exists) to probe
     for item in items:
         try:
-            video = is_video(item.path, storage)
-            out = video_output(out_dir, item.rel) if video else output_path(out_dir, item.rel, cfg.output_format)
+            video = item.kind == "video"
+            out = output_path(out_dir, item.rel, cfg.output_format, item.kind)
         except ValueError as exc:
             outcomes.append(ImageRecord(str(item.path), item.rel, "failed", reason=str(exc)))
             continue

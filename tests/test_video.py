@@ -140,18 +140,18 @@ def test_video_mode_flickers_less_than_independent_frames(tmp_path):
 
 
 def test_broken_and_truncated_videos_are_failure_records(tmp_path):
-    from video_fixtures import truncated_clip, ts_pan_clip
+    from video_fixtures import truncated_clip
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x07" * 500)
-    truncated_clip(tmp_path / "in" / "cut.ts", ts_pan_clip(tmp_path / "whole.ts", n=24), keep=0.5)
+    truncated_clip(tmp_path / "in" / "cut.mp4", n=24, keep=0.5)  # a faststart MP4 cut short: lists 24 frames
     _clip(tmp_path / "in" / "good.mp4", 3)
     rep = run_job(_cfg(), sorted(str(p) for p in (tmp_path / "in").iterdir()), tmp_path / "out", create_backend,
                   progress=False)
     recs = {r.rel: r for r in rep.records}
     assert recs["good.mp4"].status == "done" and recs["broken.mp4"].status == "failed"
     assert recs["broken.mp4"].reason
-    cut = recs["cut.ts"]
+    cut = recs["cut.mp4"]
     assert cut.status == "failed" and "truncated" in cut.reason and cut.output  # what decoded is dreamed, and said
     assert 0 < cut.video["frames"] < 24 and Path(cut.output).exists()
 
