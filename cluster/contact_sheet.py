@@ -1,7 +1,8 @@
 """The contact sheet: one PNG with the first few dozen inputs beside their dreams.
 
 Pairs are laid out in a grid (input | dream per cell), each thumbnail fit into a square
-of ``thumb`` pixels on a dark background, so the night's art can be seen at a glance.
+of ``thumb`` pixels on a dark background, so the night's art can be seen at a glance. A video
+shows its middle frame (the same frame of the source and of the dream).
 Inputs, dreams and the sheet itself may be object-store URLs (the sheet is one PUT).
 """
 from __future__ import annotations
@@ -21,8 +22,15 @@ log = logging.getLogger(__name__)
 SHEET_NAME = CONTACT_SHEET_NAME
 
 
-def _thumb(path: str, size: int, storage: Storage | None = None) -> Image.Image | None:
+def _thumb(path: str, size: int, storage: Storage | None = None, frame: int | None = None) -> Image.Image | None:
+    """A thumbnail of an image, or of a video's frame ``frame``."""
     try:
+        if frame is not None:
+            from dreamfleet.engine.video.decode import iter_frames
+
+            still = next(iter_frames(path, storage, start=frame, stop=frame + 1), None)
+            return None if still is None else ImageOps.contain(Image.fromarray(still.rgb), (size, size),
+                                                               Image.Resampling.LANCZOS)
         with (storage or Storage()).open_read(path) as fh, Image.open(fh) as im:
             im.seek(0)
             return ImageOps.contain(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
@@ -48,8 +56,9 @@ def make_contact_sheet(records: list[ImageRecord], path, limit: int = 36, thumb:
     sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), (24, 24, 24))
     for n, rec in enumerate(pairs):
         x0, y0 = (n % cols) * cell_w, (n // cols) * cell_h
+        frame = (rec.video.get("frames") or 1) // 2 if rec.video else None  # a video: its middle frame
         for k, src in enumerate((rec.input, rec.output)):
-            im = _thumb(src, thumb, storage)
+            im = _thumb(src, thumb, storage, frame)
             if im is None:
                 continue
             x = x0 + pad + k * (thumb + pad) + (thumb - im.width) // 2

@@ -15,8 +15,8 @@ pytest.importorskip("cv2")
 from dreamfleet.backends import create_backend  # noqa: E402
 from dreamfleet.engine.config import make_config  # noqa: E402
 from dreamfleet.engine.job import run_job  # noqa: E402
-from dreamfleet.engine.video.coherence import flicker, initial_frames, strength, warp  # noqa: E402
-from dreamfleet.engine.video.flow import flow_pair, warp_np  # noqa: E402
+from dreamfleet.engine.video.coherence import initial_frames, sequence_flicker, warp  # noqa: E402
+from dreamfleet.engine.video.flow import warp_np  # noqa: E402
 from dreamfleet.engine.video.scheduler import VideoScheduler, state_root  # noqa: E402
 from dreamfleet.engine.video.store import FrameStore  # noqa: E402
 
@@ -115,17 +115,6 @@ def test_a_job_stopped_mid_video_resumes_to_the_uninterrupted_result(tmp_path, m
     assert rep.records[0].video["frames"] == 6
 
 
-def _flicker_and_strength(frames: list[np.ndarray], sources: list[np.ndarray]) -> tuple[float, float]:
-    t = [torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255 for f in frames]
-    s = [torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255 for f in sources]
-    fl = []
-    for k in range(1, len(frames)):
-        pair = flow_pair(sources[k - 1], sources[k])
-        fl.append(flicker(t[k], t[k - 1], s[k], s[k - 1], torch.from_numpy(pair.flow)[None],
-                          torch.from_numpy(pair.reliable)[None]))
-    return float(np.nanmean(fl)), float(np.mean([strength(a, b) for a, b in zip(t, s)]))
-
-
 def test_video_mode_flickers_less_than_independent_frames(tmp_path):
     clip = _clip(tmp_path / "clip.mp4", 8)
     sources, _ = _decode(clip)
@@ -133,7 +122,7 @@ def test_video_mode_flickers_less_than_independent_frames(tmp_path):
     for mode in ("dis", "none"):
         cfg = _cfg(video_flow=mode, keep_frames=True, iterations=3)
         run_job(cfg, [str(clip)], tmp_path / mode, create_backend, progress=False)
-        got[mode] = _flicker_and_strength(_frames(tmp_path / mode, cfg, "clip.mp4"), sources)
+        got[mode] = sequence_flicker(_frames(tmp_path / mode, cfg, "clip.mp4"), sources)
     (f_video, s_video), (f_ind, s_ind) = got["dis"], got["none"]
     assert s_video >= 0.8 * s_ind, got  # at least as strong a dream ...
     assert f_video <= 0.8 * f_ind, got  # ... with clearly less flicker (the benchmark measures it properly)

@@ -61,3 +61,24 @@ def flicker(dream: torch.Tensor, prev_dream: torch.Tensor, src: torch.Tensor, pr
 def strength(dream: torch.Tensor, src: torch.Tensor) -> float:
     """Dream strength: mean |dream - source| in 0-255 levels."""
     return float(255.0 * (dream - src).abs().mean())
+
+
+def sequence_flicker(dreams: list, sources: list) -> tuple[float, float]:
+    """(mean flicker, mean strength) in levels of a dreamed frame sequence against its sources.
+
+    dreams, sources: uint8 [H,W,3] numpy frames in order; the flow between consecutive sources is DIS
+    (``engine.video.flow``), the mask its reliability and where the warped sources agree (``flicker``)."""
+    import numpy as np
+
+    from .flow import flow_pair
+
+    def px(f) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float() / 255.0  # [1,3,H,W]
+
+    d, s = [px(f) for f in dreams], [px(f) for f in sources]
+    values = []
+    for k in range(1, len(d)):
+        pair = flow_pair(sources[k - 1], sources[k])
+        values.append(flicker(d[k], d[k - 1], s[k], s[k - 1], torch.from_numpy(pair.flow)[None],
+                              torch.from_numpy(pair.reliable)[None]))
+    return float(np.nanmean(values)), float(np.mean([strength(a, b) for a, b in zip(d, s)]))

@@ -19,9 +19,10 @@ atomically (``engine.video.store``), so a killed job resumes at the first unfini
 from __future__ import annotations
 
 import logging
-import time
+import tempfile
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -32,7 +33,7 @@ from ..device_loop import DeviceLoop, WorkItem
 from ..loop import dream_steps
 from ..pipeline import Window
 from ..report import ImageRecord
-from ..storage import location
+from ..storage import is_url, location
 from ..tiling import needs_tiling
 from ..vocabulary import STATE_DIR, VIDEO_STATE_DIR
 from .coherence import initial_frames
@@ -59,9 +60,15 @@ def frame_key(rel: str, index: int) -> str:
     return f"{rel}#frame{index}"
 
 
-def state_root(out_dir, param_hash: str, rel: str):
-    """Where a video's frames and chain state live: OUT/.dreamfleet/video/<param hash>/<rel>/."""
-    return location(out_dir) / STATE_DIR / VIDEO_STATE_DIR / param_hash / rel
+def state_root(out_dir, param_hash: str, rel: str) -> Path:
+    """Where a video's frames and chain state live: OUT/.dreamfleet/video/<param hash>/<rel>/; for an
+    object-store output, the same below the local temporary folder (a rerun on this machine resumes)."""
+    out_dir = location(out_dir)
+    if is_url(out_dir):
+        base = Path(tempfile.gettempdir()) / "dreamfleet-video" / out_dir.protocol / out_dir.path.strip("/")
+    else:
+        base = out_dir / STATE_DIR
+    return base / VIDEO_STATE_DIR / param_hash / rel
 
 
 class VideoScheduler:
