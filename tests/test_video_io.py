@@ -16,7 +16,7 @@ import video_fixtures as vf  # noqa: E402
 from dreamfleet.engine.imageio import ImageLoadError  # noqa: E402
 from dreamfleet.engine.inputs import discover, output_path  # noqa: E402
 from dreamfleet.engine.video.decode import Decoder, iter_frames  # noqa: E402
-from dreamfleet.engine.video.encode import VideoEncoder, available_codecs  # noqa: E402
+from dreamfleet.engine.video.encode import VideoEncoder, available_codecs, check_codec  # noqa: E402
 from dreamfleet.engine.video.flow import FlowEstimator, flow_pair, warp_np  # noqa: E402
 from dreamfleet.engine.video.probe import VideoLoadError, probe_video, sniff_video  # noqa: E402
 
@@ -101,9 +101,25 @@ def test_odd_size_is_cropped_to_even_and_codecs_listed(pan, tmp_path):
     facts = enc.close(audio_from=None)
     out = probe_video(tmp_path / "odd.mp4")
     assert (out.width, out.height) == (94, 62) and out.frames == 3 and facts["audio"] == "none" and not out.audio
-    assert available_codecs()[0] == "libx264"
+    assert available_codecs()[0] == "libx264" and check_codec("libx264") is None
+    assert "choose one of ['libx264'" in check_codec("no-such-codec")
     with pytest.raises(ValueError, match="libx264"):
         VideoEncoder(tmp_path / "x.mp4", info, (96, 64), codec="no-such-codec")
+
+
+def test_frame_range_keeps_its_audio_span(pan, tmp_path):
+    info = probe_video(pan)
+    enc = VideoEncoder(tmp_path / "part.mp4", info, info.display_size, codec="libx265", crf=28)
+    part = list(iter_frames(pan, start=6, stop=12))
+    for f in part:
+        enc.write(f.rgb, f.pts, f.duration)
+    span = (float(part[0].time), float(part[-1].time + part[-1].duration * part[-1].time_base))
+    facts = enc.close(audio_from=pan, audio_span=span)
+    kept = audio_packets(tmp_path / "part.mp4")
+    assert facts["audio"] == "copied" and 0 < len(kept) < len(audio_packets(pan)) and set(kept) <= set(audio_packets(pan))
+    assert all(span[0] - 0.03 < p[0] / 48000 < span[1] for p in kept)  # AAC frames of 1024 samples: 21 ms
+    assert times(tmp_path / "part.mp4") == [f.pts * f.time_base for f in part]
+    assert probe_video(tmp_path / "part.mp4").codec == "hevc"
 
 
 def test_audio_reencoded_only_when_mp4_cannot_hold_it(tmp_path):

@@ -21,7 +21,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..storage import Storage
-from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_video
+from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_video, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Decoder:
         """Decoded av.VideoFrames in presentation order; stops (and notes why) on a demux failure."""
         import av
 
-        vs = container.streams.video[0]
+        vs = video_stream(container)
         packets = container.demux(vs)
         while True:
             try:
@@ -109,7 +109,7 @@ class Decoder:
                 self.info = probe_video(local)
             rotation = self.info.rotation
             with contextlib.closing(open_input(local)) as container:
-                vs = container.streams.video[0]
+                vs = video_stream(container)
                 vs.codec_context.thread_count = self.threads
                 tb = vs.time_base
                 step = int(round(1 / (self.info.rate * tb))) if self.info.rate and tb else 1
@@ -126,7 +126,8 @@ class Decoder:
                     yield Frame(index, pts, tb, self._rgb(vf, rotation), vf.duration or None)
                 expected = self.info.frames
                 if not self.truncated and expected and self.decoded < expected:
-                    self._note_end(f"decoded {self.decoded} of the {expected} frames the header lists")
+                    bad = f" ({self.bad_packets} packet(s) failed to decode)" if self.bad_packets else ""
+                    self._note_end(f"decoded {self.decoded} of the {expected} frames the header lists{bad}")
 
 
 def iter_frames(path, storage: Storage | None = None, start: int = 0, stop: int | None = None,
