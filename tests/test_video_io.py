@@ -17,7 +17,7 @@ from dreamfleet.engine.imageio import ImageLoadError  # noqa: E402
 from dreamfleet.engine.inputs import discover, output_path  # noqa: E402
 from dreamfleet.engine.video.decode import Decoder, iter_frames  # noqa: E402
 from dreamfleet.engine.video.encode import VideoEncoder, available_codecs, check_codec  # noqa: E402
-from dreamfleet.engine.video.flow import FlowEstimator, flow_pair, warp_np  # noqa: E402
+from dreamfleet.engine.video.flow import FlowEstimator, flow_pair, warp_np, with_flow  # noqa: E402
 from dreamfleet.engine.video.probe import VideoLoadError, probe_video, sniff_video  # noqa: E402
 
 
@@ -209,6 +209,14 @@ def test_flow_recovers_pan_and_flags_the_entering_border():
     assert err < 0.3 * np.abs(prev.astype(np.int16) - cur)[pair.reliable].mean()  # the warp lines prev up
 
 
+def test_flow_on_a_smaller_copy_is_scaled_back_up():
+    prev, cur = vf.pan_frames(2, size=(256, 160), step=4)
+    pair = FlowEstimator("fast", max_side=128)(prev, cur)
+    assert pair.flow.shape == (160, 256, 2) and pair.reliable.shape == (160, 256) and not pair.cut
+    dx, dy = np.median(pair.flow[pair.reliable], axis=0)
+    assert abs(dx - 4) < 0.4 and abs(dy) < 0.4 and not pair.reliable[:, -4:].any()
+
+
 def test_warp_np_convention_matches_grid_sample():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -224,8 +232,8 @@ def test_warp_np_convention_matches_grid_sample():
 
 
 def test_scene_cut_detected_and_restarts_the_chain(tmp_path):
-    frames = [f.rgb for f in iter_frames(vf.cut_clip(tmp_path / "cut.mp4", n=12, cut_at=6))]
-    estimator = FlowEstimator("fast")
-    pairs = [estimator(a, b) for a, b in zip(frames, frames[1:])]
+    stream = list(with_flow(iter_frames(vf.cut_clip(tmp_path / "cut.mp4", n=12, cut_at=6))))
+    assert stream[0][1] is None and [f.index for f, _ in stream] == list(range(12))
+    pairs = [p for _, p in stream[1:]]
     assert [i + 1 for i, p in enumerate(pairs) if p.cut] == [6]
     assert not pairs[5].reliable.any() and all(p.reliable.mean() > 0.5 for p in pairs if not p.cut)
