@@ -69,6 +69,19 @@ def test_frames_decode_close_to_source_and_ranges_resize(pan, tmp_path):
     assert part[0].rgb.shape == (32, 48, 3) and part[0].rgb.dtype == np.uint8
 
 
+@pytest.mark.parametrize("make", [vf.gop_clip, vf.vfr_clip], ids=["keyframes-every-5", "vfr"])
+def test_starting_mid_clip_seeks_and_matches_a_full_decode(make, tmp_path):
+    src = make(tmp_path / "in.mp4")
+    full = list(iter_frames(src))
+    for start in (1, 7, 11, len(full) - 1):
+        dec = Decoder(src, start=start, stop=start + 3)
+        part = list(dec)
+        want = full[start:start + 3]
+        assert [(f.index, f.pts) for f in part] == [(f.index, f.pts) for f in want]
+        assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(part, want)) and not dec.truncated
+    assert list(iter_frames(src, start=len(full))) == []
+
+
 @pytest.mark.parametrize("make", [vf.vfr_clip, vf.ts_pan_clip], ids=["vfr", "mpegts-90k"])
 def test_variable_frame_rate_and_time_base_kept(make, tmp_path):
     src = make(tmp_path / "in.mp4")  # (ts_pan_clip writes MPEG-TS whatever the name says)
