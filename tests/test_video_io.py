@@ -16,8 +16,8 @@ import video_fixtures as vf  # noqa: E402
 from dreamfleet.engine.imageio import ImageLoadError  # noqa: E402
 from dreamfleet.engine.inputs import discover, output_path  # noqa: E402
 from dreamfleet.engine.video.decode import Decoder, iter_frames  # noqa: E402
-from dreamfleet.engine.video.encode import VideoEncoder, available_codecs  # noqa: E402
-from dreamfleet.engine.video.flow import FlowEstimator, flow_pair, warp_np  # noqa: E402
+from dreamfleet.engine.video.encode import VideoEncoder, available_codecs, check_codec  # noqa: E402
+from dreamfleet.engine.video.flow import FlowEstimator, flow_pair, warp_np, with_flow  # noqa: E402
 from dreamfleet.engine.video.probe import VideoLoadError, probe_video, sniff_video  # noqa: E402
 
 
@@ -69,6 +69,19 @@ def test_frames_decode_close_to_source_and_ranges_resize(pan, tmp_path):
     assert part[0].rgb.shape == (32, 48, 3) and part[0].rgb.dtype == np.uint8
 
 
+@pytest.mark.parametrize("make", [vf.gop_clip, vf.vfr_clip], ids=["keyframes-every-5", "vfr"])
+def test_starting_mid_clip_seeks_and_matches_a_full_decode(make, tmp_path):
+    src = make(tmp_path / "in.mp4")
+    full = list(iter_frames(src))
+    for start in (1, 7, 11, len(full) - 1):
+        dec = Decoder(src, start=start, stop=start + 3)
+        part = list(dec)
+        want = full[start:start + 3]
+        assert [(f.index, f.pts) for f in part] == [(f.index, f.pts) for f in want]
+        assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(part, want)) and not dec.truncated
+    assert list(iter_frames(src, start=len(full))) == []
+
+
 @pytest.mark.parametrize("make", [vf.vfr_clip, vf.ts_pan_clip], ids=["vfr", "mpegts-90k"])
 def test_variable_frame_rate_and_time_base_kept(make, tmp_path):
     src = make(tmp_path / "in.mp4")  # (ts_pan_clip writes MPEG-TS whatever the name says)
@@ -101,9 +114,25 @@ def test_odd_size_is_cropped_to_even_and_codecs_listed(pan, tmp_path):
     facts = enc.close(audio_from=None)
     out = probe_video(tmp_path / "odd.mp4")
     assert (out.width, out.height) == (94, 62) and out.frames == 3 and facts["audio"] == "none" and not out.audio
-    assert available_codecs()[0] == "libx264"
+    assert available_codecs()[0] == "libx264" and check_codec("libx264") is None
+    assert "choose one of ['libx264'" in check_codec("no-such-codec")
     with pytest.raises(ValueError, match="libx264"):
         VideoEncoder(tmp_path / "x.mp4", info, (96, 64), codec="no-such-codec")
+
+
+def test_frame_range_keeps_its_audio_span(pan, tmp_path):
+    info = probe_video(pan)
+    enc = VideoEncoder(tmp_path / "part.mp4", info, info.display_size, codec="libx265", crf=28)
+    part = list(iter_frames(pan, start=6, stop=12))
+    for f in part:
+        enc.write(f.rgb, f.pts, f.duration)
+    span = (float(part[0].time), float(part[-1].time + part[-1].duration * part[-1].time_base))
+    facts = enc.close(audio_from=pan, audio_span=span)
+    kept = audio_packets(tmp_path / "part.mp4")
+    assert facts["audio"] == "copied" and 0 < len(kept) < len(audio_packets(pan)) and set(kept) <= set(audio_packets(pan))
+    assert all(span[0] - 0.03 < p[0] / 48000 < span[1] for p in kept)  # AAC frames of 1024 samples: 21 ms
+    assert times(tmp_path / "part.mp4") == [f.pts * f.time_base for f in part]
+    assert probe_video(tmp_path / "part.mp4").codec == "hevc"
 
 
 def test_audio_reencoded_only_when_mp4_cannot_hold_it(tmp_path):
@@ -193,6 +222,14 @@ def test_flow_recovers_pan_and_flags_the_entering_border():
     assert err < 0.3 * np.abs(prev.astype(np.int16) - cur)[pair.reliable].mean()  # the warp lines prev up
 
 
+def test_flow_on_a_smaller_copy_is_scaled_back_up():
+    prev, cur = vf.pan_frames(2, size=(256, 160), step=4)
+    pair = FlowEstimator("fast", max_side=128)(prev, cur)
+    assert pair.flow.shape == (160, 256, 2) and pair.reliable.shape == (160, 256) and not pair.cut
+    dx, dy = np.median(pair.flow[pair.reliable], axis=0)
+    assert abs(dx - 4) < 0.4 and abs(dy) < 0.4 and not pair.reliable[:, -4:].any()
+
+
 def test_warp_np_convention_matches_grid_sample():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -208,8 +245,8 @@ def test_warp_np_convention_matches_grid_sample():
 
 
 def test_scene_cut_detected_and_restarts_the_chain(tmp_path):
-    frames = [f.rgb for f in iter_frames(vf.cut_clip(tmp_path / "cut.mp4", n=12, cut_at=6))]
-    estimator = FlowEstimator("fast")
-    pairs = [estimator(a, b) for a, b in zip(frames, frames[1:])]
+    stream = list(with_flow(iter_frames(vf.cut_clip(tmp_path / "cut.mp4", n=12, cut_at=6))))
+    assert stream[0][1] is None and [f.index for f, _ in stream] == list(range(12))
+    pairs = [p for _, p in stream[1:]]
     assert [i + 1 for i, p in enumerate(pairs) if p.cut] == [6]
     assert not pairs[5].reliable.any() and all(p.reliable.mean() > 0.5 for p in pairs if not p.cut)

@@ -54,7 +54,7 @@ def _add_audio(out, seconds: float) -> None:
 
 def write_clip(path: Path, frames: list[np.ndarray], pts: list[int], time_base: Fraction,
                rate: Fraction | None = None, audio: str | None = None, rotation: int = 0,
-               codec: str = "libx264", faststart: bool = False) -> Path:
+               codec: str = "libx264", faststart: bool = False, gop: int | None = None) -> Path:
     """Encode ``frames`` with the given per-frame ``pts`` in ``time_base`` (and optionally a tone in ``audio``)."""
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w", options={"movflags": "+faststart"} if faststart else {}) as out:
@@ -64,6 +64,8 @@ def write_clip(path: Path, frames: list[np.ndarray], pts: list[int], time_base: 
         vs.codec_context.time_base = time_base
         if codec == "libx264":
             vs.options = {"crf": "12", "preset": "ultrafast"}
+            if gop:  # short GOPs with B-frames: seeking lands mid-clip, frames are reordered
+                vs.options["x264-params"] = f"keyint={gop}:min-keyint={gop}:bframes=2:scenecut=0"
         if rotation:
             vs.set_display_rotation(rotation)
         if audio:
@@ -83,6 +85,11 @@ def pan_clip(path: Path, n: int = 24, audio: bool = True) -> Path:
     """The pan at exactly 30000/1001 fps (time base 1/30000, pts = 1001 * t) with an AAC tone."""
     return write_clip(path, pan_frames(n), [1001 * t for t in range(n)], Fraction(1, 30000), NTSC,
                       audio="aac" if audio else None)
+
+
+def gop_clip(path: Path, n: int = 30, gop: int = 5) -> Path:
+    """The 30000/1001 pan with a keyframe every ``gop`` frames and B-frames (for seeking)."""
+    return write_clip(path, pan_frames(n), [1001 * t for t in range(n)], Fraction(1, 30000), NTSC, gop=gop)
 
 
 def vfr_clip(path: Path, n: int = 16) -> Path:

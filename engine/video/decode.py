@@ -5,6 +5,10 @@ displayed: the container's rotation (a phone clip's display matrix) is applied, 
 sees the picture upright; ``VideoEncoder`` turns it back and keeps the metadata. ``size``
 (W, H, display orientation) resizes in FFmpeg's scaler (area filter) before the RGB array exists.
 
+``start > 0`` seeks: the packets' pts are read once (no decoding) to rank the frames, then the decoder
+starts at the keyframe before frame ``start`` (resuming frame 30000 of a long clip costs one read of
+the file, not 30000 decodes); the frames are the same, pixel for pixel, as a decode from the start.
+
 A file cut short (a truncated download, a killed writer) yields every frame that decodes and
 then ends: ``Decoder.truncated`` is True and ``Decoder.error`` says why (a demux/decode error, or
 fewer frames than the container's header promised). A packet that fails to decode is skipped
@@ -21,7 +25,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..storage import Storage
-from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_video
+from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_video, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ class Decoder:
         """Decoded av.VideoFrames in presentation order; stops (and notes why) on a demux failure."""
         import av
 
-        vs = container.streams.video[0]
+        vs = video_stream(container)
         packets = container.demux(vs)
         while True:
             try:
@@ -103,30 +107,77 @@ class Decoder:
                 continue
             yield from frames
 
+    def _seek(self, container, vs, local) -> list[int] | None:
+        """For ``start > 0``: seek to the keyframe before frame ``start``; the sorted pts of every frame
+        (frame index = rank of its pts), or None to decode from the beginning instead.
+
+        The pts come from the packets alone (a read of the file, no decoding), so resuming frame 30000
+        of a long clip costs one read, not 30000 decodes.
+        """
+        import av
+
+        if self.start <= 0:
+            return None
+        with contextlib.closing(open_input(local)) as scan:
+            try:
+                ranked = [p.pts for p in scan.demux(video_stream(scan)) if p.size]
+            except av.FFmpegError:
+                return None
+        if not ranked or any(p is None for p in ranked) or len(set(ranked)) != len(ranked):
+            return None
+        ranked.sort()
+        if self.start >= len(ranked):
+            return ranked
+        try:
+            container.seek(ranked[self.start], backward=True, any_frame=False, stream=vs)
+        except av.FFmpegError:
+            return None
+        return ranked
+
     def __iter__(self) -> Iterator[Frame]:
         with local_copy(self.path, self.storage) as local:
             if self.info is None:
                 self.info = probe_video(local)
-            rotation = self.info.rotation
-            with contextlib.closing(open_input(local)) as container:
-                vs = container.streams.video[0]
-                vs.codec_context.thread_count = self.threads
-                tb = vs.time_base
-                step = int(round(1 / (self.info.rate * tb))) if self.info.rate and tb else 1
-                last_pts = None
-                for vf in self._frames(container, tb):
-                    index = self.decoded
-                    self.decoded += 1
-                    pts = vf.pts if vf.pts is not None else (last_pts + step if last_pts is not None else 0)
-                    last_pts = pts
-                    if index < self.start:
-                        continue
-                    if self.stop is not None and index >= self.stop:
+            for attempt in ("seek", "linear"):
+                with contextlib.closing(open_input(local)) as container:
+                    vs = video_stream(container)
+                    vs.codec_context.thread_count = self.threads
+                    ranked = self._seek(container, vs, local) if attempt == "seek" else None
+                    if attempt == "seek" and ranked is None:
+                        continue  # nothing to skip, or no usable pts: decode from the beginning
+                    ok = yield from self._decode(container, vs, ranked)
+                    if ok:
                         return
-                    yield Frame(index, pts, tb, self._rgb(vf, rotation), vf.duration or None)
-                expected = self.info.frames
-                if not self.truncated and expected and self.decoded < expected:
-                    self._note_end(f"decoded {self.decoded} of the {expected} frames the header lists")
+
+    def _decode(self, container, vs, ranked: list[int] | None):
+        """Yield frames from wherever ``container`` is; False if a seek landed after frame ``start``."""
+        from bisect import bisect_left
+
+        rotation, tb = self.info.rotation, vs.time_base
+        step = int(round(1 / (self.info.rate * tb))) if self.info.rate and tb else 1
+        last_pts = None
+        self.decoded = 0
+        for vf in self._frames(container, tb):
+            pts = vf.pts if vf.pts is not None else (last_pts + step if last_pts is not None else 0)
+            last_pts = pts
+            if ranked is not None:
+                index = bisect_left(ranked, pts)
+                if self.decoded == 0 and index > self.start:
+                    log.info("%s: seek landed after frame %d; decoding from the start", self.path, self.start)
+                    return False
+            else:
+                index = self.decoded
+            self.decoded = max(self.decoded, index + 1)
+            if index < self.start:
+                continue
+            if self.stop is not None and index >= self.stop:
+                return True
+            yield Frame(index, pts, tb, self._rgb(vf, rotation), vf.duration or None)
+        expected = self.info.frames
+        if not self.truncated and expected and self.decoded < expected:
+            bad = f" ({self.bad_packets} packet(s) failed to decode)" if self.bad_packets else ""
+            self._note_end(f"decoded {self.decoded} of the {expected} frames the header lists{bad}")
+        return True
 
 
 def iter_frames(path, storage: Storage | None = None, start: int = 0, stop: int | None = None,

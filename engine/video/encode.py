@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,24 @@ def available_codecs() -> list[str]:
     return [c for c in _CANDIDATES if c in av.codecs_available]
 
 
+def check_codec(codec: str, size: tuple[int, int] = (64, 64)) -> str | None:
+    """None if ``codec`` opens here as a yuv420p encoder; else why not (for ``--video-codec`` preflight).
+
+    ``h264_nvenc`` is in the wheel's FFmpeg everywhere but opens only where an NVIDIA GPU and driver are.
+    """
+    import av
+
+    if codec not in available_codecs():
+        return f"video codec {codec!r} is not available; choose one of {available_codecs()}"
+    try:
+        cc = av.CodecContext.create(codec, "w")
+        cc.width, cc.height, cc.pix_fmt, cc.time_base = size[0], size[1], PIX_FMT, Fraction(1, 25)
+        cc.open()
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        return f"video codec {codec!r} cannot be opened on this machine ({getattr(exc, 'strerror', None) or exc})"
+    return None
+
+
 def even_size(size: tuple[int, int]) -> tuple[int, int]:
     """(W, H) rounded down to even (yuv420p needs it); at least 2x2."""
     return max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)
@@ -60,6 +79,8 @@ def _codec_options(codec: str, crf: int, preset: str | None) -> dict:
         opts[key] = str(crf)
     if codec == "libvpx-vp9":
         opts["b"] = "0"
+    if codec == "libx265":
+        opts["x265-params"] = "log-level=error"
     if codec.endswith("_nvenc"):
         opts["rc"] = "vbr"
     if preset:
@@ -74,8 +95,8 @@ class VideoEncoder:
                  storage: Storage | None = None, preset: str | None = None):
         import av
 
-        if codec not in av.codecs_available:
-            raise ValueError(f"video codec {codec!r} is not in this FFmpeg; choose one of {available_codecs()}")
+        if codec not in available_codecs():
+            raise ValueError(f"video codec {codec!r} is not available; choose one of {available_codecs()}")
         self.dest, self.info, self.codec, self.crf = location(dest), info, codec, crf
         self.storage = storage
         self.size = even_size(size)  # display orientation
@@ -93,12 +114,15 @@ class VideoEncoder:
         vs.codec_context.time_base = info.time_base
         cc = vs.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited range
+        if codec in ("libx265", "hevc_nvenc"):
+            cc.codec_tag = "hvc1"  # the HEVC tag Apple players require
         self._stream = vs
 
     def _track_options(self) -> dict:
-        """MP4 muxer options: the video track's timescale is the source time base's denominator (exact pts)."""
+        """MP4 muxer options: the track and movie timescales are the source time base's denominator, so every
+        pts is exact, also a late first pts (a frame range), which the edit list states in the movie timescale."""
         den = self.info.time_base.denominator
-        return {"video_track_timescale": str(den)} if den < (1 << 31) else {}
+        return {"video_track_timescale": str(den), "movie_timescale": str(den)} if den < (1 << 31) else {}
 
     def write(self, rgb: np.ndarray, pts: int, duration: int | None = None) -> None:
         """Encode one upright frame [H, W, 3] uint8 (H, W >= the output size) at ``pts`` (source time base).
@@ -139,7 +163,7 @@ class VideoEncoder:
                 packet.duration = duration
             self._out.mux(packet)
 
-    def _mux_final(self, final: Path, audio_from) -> list[str]:
+    def _mux_final(self, final: Path, audio_from, audio_span) -> list[str]:
         """Remux the video temporary + ``audio_from``'s audio into ``final`` (interleaved by time)."""
         import av
 
@@ -156,7 +180,7 @@ class VideoEncoder:
                 audio_src = stack.enter_context(local_copy(audio_from, self.storage))
             routes, facts = open_audio_outputs(stack, audio_src, out)
             key = lambda p: p.dts * p.time_base  # noqa: E731  (interleave by decode time)
-            streams = [self._video_packets(src, vout)] + [audio_packets(r) for r in routes]
+            streams = [self._video_packets(src, vout)] + [audio_packets(r, audio_span) for r in routes]
             for packet in heapq.merge(*streams, key=key):
                 out.mux(packet)
             for r in routes:
@@ -164,8 +188,12 @@ class VideoEncoder:
                     out.mux(packet)
         return facts
 
-    def close(self, audio_from=None) -> dict:
-        """Finish the stream, mux the audio of ``audio_from`` (a path/URL, or None) and write ``dest``; the facts."""
+    def close(self, audio_from=None, audio_span: tuple | None = None) -> dict:
+        """Finish the stream, mux the audio of ``audio_from`` (a path/URL, or None) and write ``dest``; the facts.
+
+        ``audio_span`` = (start, end) in seconds (source clock) keeps only the audio packets that play
+        within it, for a frame range; None keeps the whole track (every packet, unchanged).
+        """
         try:
             self._mux_encoded(self._stream.encode(None))
             self._out.close()
@@ -177,7 +205,7 @@ class VideoEncoder:
             else:
                 final = self._workdir / f"final.{OUTPUT_FORMAT}"
             try:
-                audio = self._mux_final(final, audio_from)
+                audio = self._mux_final(final, audio_from, audio_span)
                 self._publish(final)
             finally:
                 if final.exists():
@@ -212,4 +240,4 @@ def _audio_summary(facts: list[str]) -> str:
     return changed[0] if changed else "copied"
 
 
-__all__ = ["OUTPUT_FORMAT", "PIX_FMT", "VideoEncoder", "available_codecs", "even_size"]
+__all__ = ["OUTPUT_FORMAT", "PIX_FMT", "VideoEncoder", "available_codecs", "check_codec", "even_size"]

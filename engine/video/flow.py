@@ -122,17 +122,23 @@ def reliability(back: np.ndarray, fwd: np.ndarray, scratch: _Scratch | None = No
 class FlowEstimator:
     """One DIS instance reused for a stream of pairs (one per decode thread; not shared across threads)."""
 
-    def __init__(self, preset: str = "fast"):
+    def __init__(self, preset: str = "fast", max_side: int | None = None):
         self.preset = preset
+        self.max_side = max_side  # larger frames: flow computed on a copy this size, then scaled up
         self._dis = _dis(preset)
         self._scratch: _Scratch | None = None  # buffers for the current frame shape
 
     def __call__(self, prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> FlowPair:
-        import cv2
-
         if prev_rgb.shape != cur_rgb.shape:
             raise ValueError(f"frames differ in shape: {prev_rgb.shape} vs {cur_rgb.shape}")
-        prev, cur = _gray(prev_rgb), _gray(cur_rgb)
+        h, w = cur_rgb.shape[:2]
+        if self.max_side is None or max(h, w) <= self.max_side:
+            return self._pair(_gray(prev_rgb), _gray(cur_rgb))
+        return _scaled_up(self._pair(*(_small_gray(x, self.max_side) for x in (prev_rgb, cur_rgb))), (h, w))
+
+    def _pair(self, prev: np.ndarray, cur: np.ndarray) -> FlowPair:
+        import cv2
+
         if self._scratch is None or self._scratch.shape != cur.shape:
             self._scratch = _Scratch(*cur.shape)
         s = self._scratch
@@ -147,9 +153,40 @@ class FlowEstimator:
         return FlowPair(back, reliable, bool(cut), float(residual))
 
 
+def _small_gray(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """[h, w] uint8 gray of ``rgb``, longest side ``max_side`` (area filter)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    k = max_side / max(h, w)
+    return cv2.resize(_gray(rgb), (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+
+
+def _scaled_up(pair: FlowPair, hw: tuple[int, int]) -> FlowPair:
+    """A pair computed on a smaller copy, at full size [H, W]: flow resized and its vectors scaled, mask nearest."""
+    import cv2
+
+    h, w = hw
+    sh, sw = pair.reliable.shape
+    flow = cv2.resize(pair.flow, (w, h), interpolation=cv2.INTER_LINEAR)
+    flow[..., 0] *= w / sw
+    flow[..., 1] *= h / sh
+    reliable = cv2.resize(pair.reliable.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return FlowPair(flow, reliable, pair.cut, pair.residual)
+
+
+def with_flow(frames, preset: str = "fast", max_side: int | None = None):
+    """(frame, FlowPair | None) for a stream of frames (None for the first): the decode thread's loop."""
+    estimator = FlowEstimator(preset, max_side)
+    prev = None
+    for frame in frames:
+        yield frame, (None if prev is None else estimator(prev.rgb, frame.rgb))
+        prev = frame
+
+
 def flow_pair(prev_rgb: np.ndarray, cur_rgb: np.ndarray, preset: str = "fast") -> FlowPair:
     """Backward flow, reliability and cut for two [H, W, 3] uint8 frames (see :class:`FlowEstimator`)."""
     return FlowEstimator(preset)(prev_rgb, cur_rgb)
 
 
-__all__ = ["FlowEstimator", "FlowPair", "PRESETS", "flow_pair", "reliability", "warp_np"]
+__all__ = ["FlowEstimator", "FlowPair", "PRESETS", "flow_pair", "reliability", "warp_np", "with_flow"]

@@ -108,10 +108,21 @@ def open_input(path: Path):
         if looks_like:
             raise VideoLoadError(f"a video container FFmpeg cannot open ({why}): broken, or cut short") from None
         raise VideoLoadError(f"not a video FFmpeg can open ({why})") from None
-    if not container.streams.video:
+    if video_stream(container) is None:
         container.close()
         raise VideoLoadError("no video stream (not a video FFmpeg can decode)")
     return container
+
+
+def video_stream(container):
+    """The clip's video stream: FFmpeg's best one, never cover art (an attached picture); None if none."""
+    import av
+
+    moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        return None
+    best = container.streams.best("video")
+    return best if best in moving else moving[0]
 
 
 def _audio_facts(container) -> list[dict]:
@@ -125,7 +136,7 @@ def probe_video(path, storage: Storage | None = None) -> VideoInfo:
     import av
 
     with local_copy(path, storage) as local, contextlib.closing(open_input(local)) as c:
-        vs = c.streams.video[0]
+        vs = video_stream(c)
         try:
             first = next(c.decode(vs), None)
         except av.FFmpegError as exc:
@@ -148,4 +159,4 @@ def probe_video(path, storage: Storage | None = None) -> VideoInfo:
 
 
 __all__ = ["SNIFF_BYTES", "VIDEO_EXTENSIONS", "VideoInfo", "VideoLoadError", "is_video_name", "local_copy",
-           "open_input", "probe_video", "sniff_video"]
+           "open_input", "probe_video", "sniff_video", "video_stream"]

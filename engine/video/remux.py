@@ -70,13 +70,24 @@ def open_audio_outputs(stack: contextlib.ExitStack, audio_src, out) -> tuple[lis
     return routes, facts
 
 
-def audio_packets(route: AudioRoute) -> Iterator:
-    """The route's packets for the output, in decode order (copies keep their bytes and timestamps)."""
+def _outside(packet, span) -> bool:
+    """True if the packet plays entirely outside ``span`` = (start, end) seconds (None: keep everything)."""
+    if span is None or packet.pts is None:
+        return False
+    start = packet.pts * packet.time_base
+    return start >= span[1] or start + (packet.duration or 0) * packet.time_base <= span[0]
+
+
+def audio_packets(route: AudioRoute, span: tuple | None = None) -> Iterator:
+    """The route's packets for the output, in decode order (copies keep their bytes and timestamps).
+
+    ``span`` (start, end) in seconds keeps only the packets that play within it (a frame range's audio).
+    """
     import av
 
     try:
         for packet in route.source.demux(route.in_stream):
-            if packet.dts is None or packet.size == 0:
+            if packet.dts is None or packet.size == 0 or _outside(packet, span):
                 continue
             if route.mode == "copy":
                 packet.stream = route.out_stream
