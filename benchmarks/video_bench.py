@@ -155,7 +155,7 @@ def _flicker(factory, base: dict, root: Path, size: tuple[int, int], frames: int
         out = root / f"flicker_{mode}"
         run_job(cfg, [str(clip)], out, factory, progress=False)
         store = FrameStore(state_root(out, cfg.param_hash(), clip.name))
-        dreams[mode] = [store.read(p) for _, _, p in store.frames()]
+        dreams[mode] = [store.read(f[-1]) for f in store.frames()]
         f, s = sequence_flicker(dreams[mode], sources)
         got[mode] = {"flicker": round(f, 3), "strength": round(s, 3)}
     cfg = make_config(None, None, base)

@@ -173,10 +173,12 @@ class DreamConfig:
             if not lo <= getattr(self, name) <= hi:
                 raise ValueError(f"{name} must be in {lo:g}..{hi:g}, got {getattr(self, name)}")
         self.frame_range()  # parses
-        if self.video_codec != "libx264":  # the wheel's FFmpeg decides; checked only when asked for another
-            from .video.encode import available_codecs
+        if self.video_codec != "libx264":  # the wheel's FFmpeg (and for nvenc the GPU) decides: opened here
+            from .video.encode import check_codec
 
-            _choice("video_codec", self.video_codec, available_codecs())
+            why = check_codec(self.video_codec)
+            if why:
+                raise ValueError(f"video_codec: {why}")
 
     def frame_range(self) -> tuple[int, int | None]:
         """(start, stop or None) of ``frames`` ("START:STOP", either side may be empty)."""

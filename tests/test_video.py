@@ -38,7 +38,7 @@ def _clip(path: Path, n: int, step: int = 2, name: str = "coffee.png") -> Path:
 def _frames(out: Path, cfg, rel: str) -> list[np.ndarray]:
     """The dreamed frames a job kept (--keep-frames), in order, uint8 [H,W,3]."""
     store = FrameStore(state_root(out, cfg.param_hash(), rel))
-    return [store.read(p) for _, _, p in store.frames()]
+    return [store.read(f[-1]) for f in store.frames()]
 
 
 def _decode(path: Path) -> tuple[list[np.ndarray], list[int]]:

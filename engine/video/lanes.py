@@ -26,28 +26,30 @@ from .probe import VideoInfo
 log = logging.getLogger(__name__)
 
 AHEAD = 4  # frames a decode thread prepares per request (one request per lane outstanding)
+FLOW_MAX_SIDE = 1024  # larger frames (4K through the tile path) get their flow from a copy this size
 
 
 class FrameSource:
     """Decode thread side of a lane: frames at the working size with their backward flow (or None)."""
 
     def __init__(self, decoder: Decoder, flow: bool) -> None:
-        self.decoder, self.flow = decoder, flow
+        from .flow import FlowEstimator
+
+        self.decoder = decoder
+        self.flow = FlowEstimator("fast", FLOW_MAX_SIDE) if flow else None  # used by one thread at a time
         self.it = None
         self.prev: Frame | None = None
         self.seconds = 0.0
 
     def take(self, k: int = AHEAD) -> list[tuple[Frame, object]]:
         """The next ``k`` (frame, FlowPair or None) pairs; fewer at the end of the video (or where it breaks)."""
-        from .flow import flow_pair
-
         t0 = time.perf_counter()
         if self.it is None:
             self.it = iter(self.decoder)
         out = []
         try:
             for frame in islice(self.it, k):
-                pair = flow_pair(self.prev.rgb, frame.rgb) if self.flow and self.prev is not None else None
+                pair = self.flow(self.prev.rgb, frame.rgb) if self.flow and self.prev is not None else None
                 self.prev = frame
                 out.append((frame, pair))
         except Exception as exc:  # noqa: BLE001 - a decoder failure ends the video where it broke
@@ -80,7 +82,8 @@ class Lane:
     carried: int = 0  # frames that started from the previous frame's detail
     reliable: float = 0.0  # summed reliable fraction of the carried frames
     failed: str | None = None
-    ended: bool = False
+    local: object = None  # the video as a local file (an object-store video downloaded once)
+    files: object = None  # contextlib.ExitStack that removes that download
     t0: float = field(default_factory=time.perf_counter)
 
     @property
@@ -122,6 +125,14 @@ class Lane:
 def finish(lane: Lane, cfg, storage, worker: str | None, metadata: dict) -> ImageRecord:
     """Writer thread: wait for the lane's frame writes, encode its stored frames (source timing, audio copied),
     write the video atomically, drop the frames unless ``keep_frames``; the video's record."""
+    try:
+        return _finish(lane, cfg, storage, worker, metadata)
+    finally:
+        if lane.files is not None:
+            lane.files.close()  # the local copy of an object-store video
+
+
+def _finish(lane: Lane, cfg, storage, worker: str | None, metadata: dict) -> ImageRecord:
     from .encode import VideoEncoder
 
     item, t0 = lane.item, time.perf_counter()
@@ -136,13 +147,16 @@ def finish(lane: Lane, cfg, storage, worker: str | None, metadata: dict) -> Imag
     if reason is not None:
         return ImageRecord(item.path, item.rel, "failed", reason=reason, retryable=lane.failed is not None, **base)
     h, w = item.hw
+    tb = lane.info.time_base
     try:
         enc = VideoEncoder(item.output, lane.info, size=(w, h), codec=cfg.video_codec, crf=cfg.crf, storage=storage)
         try:
-            for _, pts, path in frames:
-                enc.write(lane.store.read(path), pts)
-            whole = lane.start == 0 and stop is None  # a frame range gets no audio (it would not line up)
-            facts["encoding"] = enc.close(audio_from=item.path if whole else None)
+            for _, pts, duration, path in frames:
+                enc.write(lane.store.read(path), pts, duration)
+            whole = lane.start == 0 and stop is None  # a frame range keeps the audio playing during its frames
+            last = frames[-1][1] + (frames[-1][2] or 0)
+            span = None if whole else (float(frames[0][1] * tb), float(last * tb))
+            facts["encoding"] = enc.close(audio_from=lane.local, audio_span=span)
         except BaseException:
             enc.abort()
             raise

@@ -18,6 +18,7 @@ atomically (``engine.video.store``), so a killed job resumes at the first unfini
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections import defaultdict, deque
@@ -39,7 +40,7 @@ from ..vocabulary import STATE_DIR, VIDEO_STATE_DIR
 from .coherence import initial_frames
 from .decode import Decoder
 from .lanes import FrameSource, Lane, finish
-from .probe import VideoLoadError, probe_video
+from .probe import VideoLoadError, local_copy, probe_video
 from .store import FrameStore
 
 log = logging.getLogger(__name__)
@@ -104,18 +105,22 @@ class VideoScheduler:
     def _open(self, item: WorkItem) -> Lane | None:
         """A lane for ``item``, resumed from its stored state when there is one (None: recorded as failed)."""
         start, stop = self.cfg.frame_range()
+        files = contextlib.ExitStack()  # an object-store video is downloaded once, removed when the lane ends
         try:
-            info = probe_video(item.path, self.loop.storage)
-        except VideoLoadError as exc:
-            self.emit(ImageRecord(item.path, item.rel, "failed", reason=str(exc), worker=self.loop.worker))
+            local = files.enter_context(local_copy(item.path, self.loop.storage))
+            info = probe_video(local)
+        except Exception as exc:  # noqa: BLE001 - unreadable, or gone since planning
+            files.close()
+            reason = str(exc) if isinstance(exc, VideoLoadError) else f"cannot read video: {type(exc).__name__}: {exc}"
+            self.emit(ImageRecord(item.path, item.rel, "failed", reason=reason, worker=self.loop.worker))
             return None
         store = FrameStore(state_root(_out_dir(item), self.loop.metadata["param_hash"], item.rel))
         first, chain = store.resume_point(start)
         if chain is not None:
             log.info("%s: resuming at frame %d", item.rel, first)
         h, w = item.hw
-        decoder = Decoder(item.path, self.loop.storage, first - 1 if chain is not None else first, stop, (w, h), info)
-        lane = Lane(item, info, store, FrameSource(decoder, self.flow), start, first, chain)
+        decoder = Decoder(local, None, first - 1 if chain is not None else first, stop, (w, h), info)
+        lane = Lane(item, info, store, FrameSource(decoder, self.flow), start, first, chain, local=local, files=files)
         lane.request(self.decode_pool)
         return lane
 
@@ -270,8 +275,7 @@ class VideoScheduler:
                 continue
             while self.frame_writes.full():
                 self.frame_writes.pop()
-            fut = self.write_pool.submit(_save, lane.store, frame.index, frame.pts,
-                                         host[i].permute(1, 2, 0).numpy(), chains[i].copy())
+            fut = self.write_pool.submit(_save, lane.store, frame, host[i].permute(1, 2, 0).numpy(), chains[i].copy())
             self.frame_writes.push(fut)
             lane.writes = [f for f in lane.writes if not f.done() or f.result()] + [fut]
             lane.dreamed += 1
@@ -282,12 +286,12 @@ class VideoScheduler:
         self._close_ready()
 
 
-def _save(store: FrameStore, index: int, pts: int, rgb: np.ndarray, chain: np.ndarray) -> str | None:
+def _save(store: FrameStore, frame, rgb: np.ndarray, chain: np.ndarray) -> str | None:
     """Writer thread: one frame and its chain state, atomically; the failure reason or None."""
     try:
-        store.save(index, pts, rgb, chain)
+        store.save(frame.index, frame.pts, frame.duration, rgb, chain)
     except Exception as exc:  # noqa: BLE001 - disk full: the video fails, finished frames stay for a rerun
-        return f"cannot write frame {index}: {type(exc).__name__}: {exc}"
+        return f"cannot write frame {frame.index}: {type(exc).__name__}: {exc}"
     return None
 
 

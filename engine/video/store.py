@@ -1,8 +1,8 @@
 """A video's resumable state under ``OUT/.dreamfleet/video/<param hash>/<rel>/``: dreamed frames and the chain.
 
 Each dreamed frame is written atomically (``engine.atomic``) as it finishes, a lossless PNG
-named by its frame index and presentation timestamp (``000042.1401.png``), so the final
-encode needs no second decode and keeps the source timing exactly. The chain's state after
+named by its frame index, presentation timestamp and duration (``000042.42042.1001.png``; ``x``:
+no duration), so the final encode needs no second decode and keeps the source timing exactly. The chain's state after
 frame t, the previous dream as float32 ``[3,H,W]`` pixels (``chain.000042.npy``), is written
 after the frame; its source frame is decoded again on resume. A killed job resumes at
 ``resume_point``: the frame after the newest chain state whose frames are all on disk, so the
@@ -23,7 +23,7 @@ from ..vocabulary import STATE_DIR
 
 log = logging.getLogger(__name__)
 
-_FRAME = re.compile(r"^(\d+)\.(-?\d+)\.png$")
+_FRAME = re.compile(r"^(\d+)\.(-?\d+)\.(\d+|x)\.png$")
 _CHAIN = re.compile(r"^chain\.(\d+)\.npy$")
 
 
@@ -33,12 +33,13 @@ class FrameStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def frames(self) -> list[tuple[int, int, Path]]:
-        """(index, pts, path) of every dreamed frame on disk, in frame order."""
+    def frames(self) -> list[tuple[int, int, int | None, Path]]:
+        """(index, pts, duration or None, path) of every dreamed frame on disk, in frame order."""
         if not self.root.is_dir():
             return []
-        found = [(int(m[1]), int(m[2]), p) for p in self.root.iterdir() if (m := _FRAME.match(p.name))]
-        return sorted(found)
+        found = [(int(m[1]), int(m[2]), None if m[3] == "x" else int(m[3]), p)
+                 for p in self.root.iterdir() if (m := _FRAME.match(p.name))]
+        return sorted(found, key=lambda f: f[0])
 
     def _chains(self) -> list[tuple[int, Path]]:
         if not self.root.is_dir():
@@ -50,7 +51,7 @@ class FrameStore:
 
         Only a chain state whose frames ``start..t`` are all on disk counts (a frame written after its
         chain state, or missing, is redone)."""
-        have = {i for i, _, _ in self.frames()}
+        have = {f[0] for f in self.frames()}
         for t, path in reversed(self._chains()):
             if t >= start and all(i in have for i in range(start, t + 1)):
                 try:
@@ -59,14 +60,15 @@ class FrameStore:
                     log.warning("chain state %s unreadable (%s); trying an older one", path, exc)
         return start, None
 
-    def save(self, index: int, pts: int, rgb: np.ndarray, chain: np.ndarray | None) -> None:
+    def save(self, index: int, pts: int, duration: int | None, rgb: np.ndarray, chain: np.ndarray | None) -> None:
         """Writer thread: frame ``index`` (uint8 [H,W,3]) then the chain state after it (float32 [3,H,W])."""
         import cv2
 
         ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise OSError(f"cannot encode frame {index} as PNG")
-        atomic_write(self.root / f"{index:06d}.{int(pts)}.png", png.tobytes(), fsync=True)
+        dur = "x" if duration is None else int(duration)
+        atomic_write(self.root / f"{index:06d}.{int(pts)}.{dur}.png", png.tobytes(), fsync=True)
         if chain is None:
             return
         buf = io.BytesIO()
