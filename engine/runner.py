@@ -17,8 +17,18 @@ from typing import Callable
 from .buckets import BucketScheduler
 from .device_loop import BackendFactory, DeviceLoop, WorkItem
 from .report import ImageRecord
-from .tiled import TileScheduler, split_tiled
+from .config import DreamConfig
+from .tiled import TileScheduler
+from .tiling import needs_tiling
 from .video.scheduler import VideoScheduler
+
+
+def split_tiled(items: list[WorkItem], cfg: DreamConfig) -> tuple[list[WorkItem], list[WorkItem]]:
+    """(items dreamed as today, items larger than one tile window); the second is empty when tiling is off."""
+    tiled = [i for i in items if needs_tiling(i.hw[0], i.hw[1], cfg.tile, cfg.tile_overlap)]
+    if not tiled:
+        return items, []
+    return [i for i in items if not needs_tiling(i.hw[0], i.hw[1], cfg.tile, cfg.tile_overlap)], tiled
 
 
 class DreamRunner(DeviceLoop):
@@ -46,4 +56,4 @@ class DreamRunner(DeviceLoop):
         return records
 
 
-__all__ = ["BackendFactory", "DreamRunner", "WorkItem"]
+__all__ = ["BackendFactory", "DreamRunner", "WorkItem", "split_tiled"]

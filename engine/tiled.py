@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .backends.base import is_oom
-from .config import DreamConfig
 from .hostmem import bound_host_allocator
 from .imageio import ImageLoadError
 from .loop import StepGen, dream_steps
@@ -68,14 +67,6 @@ def pads_short_batches(backend) -> bool:
     up to (N - 1) / N of a batch computing zeros.
     """
     return not (backend.device.type == "cpu" and backend.name in SHAPE_FLEXIBLE)
-
-
-def split_tiled(items: list[WorkItem], cfg: DreamConfig) -> tuple[list[WorkItem], list[WorkItem]]:
-    """(items dreamed as today, items larger than one tile window); the second is empty when tiling is off."""
-    tiled = [i for i in items if needs_tiling(i.hw[0], i.hw[1], cfg.tile, cfg.tile_overlap)]
-    if not tiled:
-        return items, []
-    return [i for i in items if not needs_tiling(i.hw[0], i.hw[1], cfg.tile, cfg.tile_overlap)], tiled
 
 
 @dataclass(eq=False)

@@ -115,6 +115,23 @@ def test_a_job_stopped_mid_video_resumes_to_the_uninterrupted_result(tmp_path, m
     assert rep.records[0].video["frames"] == 6
 
 
+def test_resume_point_needs_a_chain_state_with_all_its_frames(tmp_path):
+    """What a SIGKILL can leave: a frame without its chain state, a chain state older than the last frame."""
+    store = FrameStore(tmp_path / "v")
+    rgb, chain = np.zeros((4, 6, 3), np.uint8), np.full((3, 4, 6), 0.25, np.float32)
+    assert store.resume_point(0) == (0, None)
+    for t in range(3):
+        store.save(t, 1001 * t, 1001, rgb, chain + t)
+    store.save(3, 3003, None, rgb, None)  # killed after frame 3's PNG, before its chain state
+    first, state = store.resume_point(0)
+    assert first == 3 and np.array_equal(state, chain + 2)  # frame 3 is redone from the chain after frame 2
+    assert [f[:3] for f in store.frames()] == [(0, 0, 1001), (1, 1001, 1001), (2, 2002, 1001), (3, 3003, None)]
+    (tmp_path / "v" / "000001.1001.1001.png").unlink()  # a frame missing below the chain: start over
+    assert store.resume_point(0) == (0, None)
+    store.remove()
+    assert not (tmp_path / "v").exists()
+
+
 def test_video_mode_flickers_less_than_independent_frames(tmp_path):
     clip = _clip(tmp_path / "clip.mp4", 8)
     sources, _ = _decode(clip)

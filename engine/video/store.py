@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
-from ..vocabulary import STATE_DIR
+from ..vocabulary import VIDEO_STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,11 @@ class FrameStore:
         return np.ascontiguousarray(bgr[..., ::-1])
 
     def remove(self) -> None:
-        """Drop the frames and chain state, and the folders left empty above them (up to OUT/.dreamfleet)."""
+        """Drop the frames and chain state, and the folders left empty above them up to the ``video`` folder."""
         shutil.rmtree(self.root, ignore_errors=True)
-        for parent in self.root.parents:
-            if parent.name == STATE_DIR:
-                break
+        parents = list(self.root.parents)
+        top = next((i for i, p in enumerate(parents) if p.name == VIDEO_STATE_DIR), -1)
+        for parent in parents[:top + 1]:
             try:
                 parent.rmdir()
             except OSError:  # not empty: another video's state
