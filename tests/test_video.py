@@ -67,14 +67,17 @@ def test_initial_frames_carry_only_reliable_detail_and_restart_on_cuts():
     assert torch.allclose(init[0, :, 4:], expect)
 
 
-def test_lockstep_videos_equal_each_video_alone_fp64(tmp_path):
-    """Frame t of three videos (different lengths: a slot refills) in one batch == each video dreamed alone."""
+def test_lockstep_videos_equal_each_video_alone_fp64(tmp_path, monkeypatch):
+    """Frame t of three videos (different lengths: a slot refills) in one batch == each video dreamed alone.
+
+    Two groups in flight (ping-pong, as on a GPU): v0 and v2 share group A's batches, v1 runs in group B."""
     from dreamfleet.engine.job import plan_job
     from dreamfleet.engine.runner import DreamRunner
 
     clips = [_clip(tmp_path / f"v{i}.mp4", n, step=1 + i, name=name)
              for i, (n, name) in enumerate([(4, "coffee.png"), (2, "astronaut.png"), (3, "chelsea.png")])]
     cfg = _cfg(precision="fp64", batch_size=2, keep_frames=True, iterations=1)
+    monkeypatch.setattr(VideoScheduler, "CPU_GROUPS", 2)
     runner = DreamRunner(cfg, create_backend)  # one model: the runs differ only in which videos share a batch
     try:
         recs = runner.process(plan_job(cfg, [str(c) for c in clips], tmp_path / "together").todo)
@@ -143,6 +146,23 @@ def test_video_mode_flickers_less_than_independent_frames(tmp_path):
     (f_video, s_video), (f_ind, s_ind) = got["dis"], got["none"]
     assert s_video >= 0.8 * s_ind, got  # at least as strong a dream ...
     assert f_video <= 0.8 * f_ind, got  # ... with clearly less flicker (the benchmark measures it properly)
+
+
+def test_frames_larger_than_a_tile_window_go_through_the_tile_path(tmp_path, monkeypatch):
+    """96x64 frames with --tile 32 (window 64): every frame's octave is dreamed in tiles, frames of two videos
+    sharing tile batches; the videos come back whole."""
+    from dreamfleet.engine.tiled import TileScheduler
+
+    clips = [str(write_clip(tmp_path / f"t{i}.mp4", pan_frames(3, (96, 64), 2 + i), [1001 * t for t in range(3)],
+                            Fraction(1, 30000), NTSC)) for i in range(2)]
+    calls = []
+    real = TileScheduler._tile_batch
+    monkeypatch.setattr(TileScheduler, "_tile_batch", lambda self, chunk: (calls.append(len(chunk)), real(self, chunk)))
+    cfg = _cfg(max_side=96, tile=32, tile_overlap=16, iterations=1, batch_size=4)
+    rep = run_job(cfg, clips, tmp_path / "out", create_backend, progress=False)
+    assert [r.status for r in rep.records] == ["done", "done"] and all(r.video["frames"] == 3 for r in rep.records)
+    assert calls and max(calls) == 4  # tiles of both videos' frames fill the tile batches
+    assert all(len(_decode(Path(r.output))[0]) == 3 for r in rep.records)
 
 
 def test_broken_and_truncated_videos_are_failure_records(tmp_path):

@@ -75,13 +75,15 @@ def state_root(out_dir, param_hash: str, rel: str) -> Path:
 class VideoScheduler:
     """Dreams a list of video work items; ``emit`` gets one record per video, ``on_frames(n)`` counts frames."""
 
+    CPU_GROUPS = 1  # groups in flight on a synchronous device (2 elsewhere: ping-pong)
+
     def __init__(self, loop: DeviceLoop, emit: Callable[[ImageRecord], None],
                  on_frames: Callable[[int], None] | None = None, tiles: Callable | None = None,
                  groups: int | None = None) -> None:
         self.loop, self.emit, self.cfg = loop, emit, loop.cfg
         self.on_frames = on_frames or (lambda n: None)
         self.tiles_factory, self._tiles = tiles, None
-        self.groups = groups or (1 if loop.device.type == "cpu" else 2)
+        self.groups = groups or (self.CPU_GROUPS if loop.device.type == "cpu" else 2)
         self.flow = self.cfg.video_flow != "none" and self.cfg.video_blend > 0.0
 
     def run(self, items: list[WorkItem]) -> None:
