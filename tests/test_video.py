@@ -202,6 +202,19 @@ def test_frame_count_timestamps_and_audio_survive_the_cli(tmp_path):
     assert main(args) == 0  # a rerun skips the finished video
 
 
+def test_contact_sheet_shows_a_frame_of_each_video(tmp_path):
+    from PIL import Image
+
+    from dreamfleet.cluster.contact_sheet import make_contact_sheet
+    from dreamfleet.engine.report import ImageRecord
+
+    clip = _clip(tmp_path / "clip.mp4", 4)
+    rec = ImageRecord(str(clip), "clip.mp4", "done", output=str(clip), video={"frames": 4})
+    sheet = make_contact_sheet([rec], tmp_path / "sheet.png", thumb=32)
+    cell = np.asarray(Image.open(sheet))[4:36, 4:36]
+    assert cell.std() > 10  # a picture of the clip's middle frame, not the empty background
+
+
 def test_bad_video_options_exit_2_naming_them(tmp_path, capsys):
     from dreamfleet.cli import main
 
