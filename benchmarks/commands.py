@@ -51,6 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-images", type=int, default=384,
                    help="--simulate: images in the job (default: 384, 12 batches of 32: filling and draining the pipeline are amortized)")
     p.add_argument("--sim-precision", default="bf16", choices=("bf16", "fp32"), help="--simulate: precision (bf16)")
+    g = p.add_argument_group("video (issue 20)")
+    g.add_argument("--video", action="store_true", help="video: frames/s of clips in lockstep vs one at a time vs "
+                   "the image path, and flicker vs independent frames -> results/video_<device>.jsonl")
+    g.add_argument("--clips", type=int, default=3, help="--video: clips of one size in the lockstep job (default: 3)")
+    g.add_argument("--frames", type=int, default=8, help="--video: frames per clip (default: 8)")
+    g.add_argument("--strip", default=None, metavar="PNG", help="--video: also write a frame strip (sources, "
+                   "coherent, independent) to PNG")
     p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
     g = p.add_argument_group("scale (the job's own costs as it grows: memory, report, skip-only rerun)")
     g.add_argument("--scale", action="store_true", help="run the job-size benchmark instead of the matrix")
@@ -103,6 +110,18 @@ def handle(args: argparse.Namespace) -> int:
             raise ValueError(f"--scale-modes {args.scale_modes}: valid: dream, run")
         for row in run_scale_bench(sizes, modes, Path(out)):
             print(format_row(row))
+        return 0
+    if args.video:
+        from pathlib import Path
+
+        from dreamfleet.engine.backends.eager import resolve_device
+
+        from .video_bench import format_row, run_video_bench
+
+        device = str(resolve_device(args.device))
+        row = run_video_bench(args.clips, args.frames, repeats=args.repeats or 2, device=device, results=Path(out),
+                              strip=Path(args.strip) if args.strip else None)
+        print(format_row(row))
         return 0
     if args.pipeline and args.tiled:
         from .tiled_pipeline import format_row, run_tiled_pipeline_bench

@@ -1,7 +1,8 @@
 """The contact sheet: one PNG with the first few dozen inputs beside their dreams.
 
 Pairs are laid out in a grid (input | dream per cell), each thumbnail fit into a square
-of ``thumb`` pixels on a dark background, so the night's art can be seen at a glance.
+of ``thumb`` pixels on a dark background, so the night's art can be seen at a glance. A video
+shows its middle frame (the same frame of the source and of the dream).
 Inputs, dreams and the sheet itself may be object-store URLs (the sheet is one PUT).
 """
 from __future__ import annotations
@@ -23,8 +24,15 @@ log = logging.getLogger(__name__)
 SHEET_NAME = CONTACT_SHEET_NAME
 
 
-def _thumb(path: str, size: int, storage: Storage | None = None) -> Image.Image | None:
+def _thumb(path: str, size: int, storage: Storage | None = None, frame: int | None = None) -> Image.Image | None:
+    """A thumbnail of an image, or of a video's frame ``frame``."""
     try:
+        if frame is not None:
+            from dreamfleet.engine.video.decode import iter_frames
+
+            still = next(iter_frames(path, storage, start=frame, stop=frame + 1), None)
+            return None if still is None else ImageOps.contain(Image.fromarray(still.rgb), (size, size),
+                                                               Image.Resampling.LANCZOS)
         with (storage or Storage()).open_read(path) as fh, Image.open(fh) as im:
             im.seek(0)
             return ImageOps.contain(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
@@ -44,9 +52,10 @@ def make_contact_sheet(records: Iterable[ImageRecord], path, limit: int = 36, th
     chosen = heapq.nsmallest(limit, (r for r in records if r.status in FINISHED and r.output), key=lambda r: r.rel)
     pairs = []
     for rec in chosen:  # an output deleted since (or unreadable) leaves its pair out
-        dream = _thumb(rec.output, thumb, storage)
+        frame = (rec.video.get("frames") or 1) // 2 if rec.video else None  # a video: its middle frame
+        dream = _thumb(rec.output, thumb, storage, frame)
         if dream is not None:
-            pairs.append((_thumb(rec.input, thumb, storage), dream))
+            pairs.append((_thumb(rec.input, thumb, storage, frame), dream))
     if not pairs:
         return None
     pad = 4

@@ -184,12 +184,15 @@ def read_manifest(out_dir, storage: Storage | None = None):
 
 
 def make_shards(todo: list[WorkItem], shard_size: int) -> list[list[WorkItem]]:
-    """Cut shape-sorted ``todo`` into shards of at most ``shard_size`` items, never across shape buckets."""
+    """Cut shape-sorted ``todo`` into shards of at most ``shard_size`` items, never across shape buckets.
+
+    Videos shard apart from images: a video is one work item (all its frames on one actor), and the
+    videos of one shard run frame by frame in lockstep there."""
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     shards: list[list[WorkItem]] = []
-    ordered = sorted(todo, key=lambda i: (tuple(i.hw), i.rel))
-    for _, group in groupby(ordered, key=lambda i: tuple(i.hw)):
+    ordered = sorted(todo, key=lambda i: (i.kind, tuple(i.hw), i.rel))
+    for _, group in groupby(ordered, key=lambda i: (i.kind, tuple(i.hw))):
         bucket = list(group)
         shards.extend(bucket[i:i + shard_size] for i in range(0, len(bucket), shard_size))
     return shards

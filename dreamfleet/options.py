@@ -9,9 +9,11 @@ import argparse
 import dataclasses
 
 from dreamfleet.engine.config import (
+    CRF_RANGE,
     LAP_LEVELS_RANGE,
     PRESETS,
     SMOOTH_SIGMA_MAX,
+    VIDEO_BLEND_RANGE,
     DreamConfig,
     field_limits,
     load_toml,
@@ -28,6 +30,7 @@ from dreamfleet.engine.vocabulary import (
     PRECISIONS,
     SMOOTH_MODES,
     STEP_UNITS,
+    VIDEO_FLOWS,
 )
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamConfig)}
@@ -94,6 +97,17 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--tile", "tile", "dream octaves larger than one window (tile + 2 x overlap) in PX x PX tiles, "
         "--batch-size tiles per step (0: off)", type=int)
     opt("--tile-overlap", "tile_overlap", "context around each tile whose gradient is discarded, px", type=int)
+    g = p.add_argument_group("video (mp4, mov, mkv, webm, avi: frame t of several videos per batch)")
+    opt("--video-blend", "video_blend", f"share of the previous frame's dream detail, warped along the optical flow, "
+        f"each frame starts from, {VIDEO_BLEND_RANGE[0]:g}..{VIDEO_BLEND_RANGE[1]:g} (0: independent frames)",
+        type=float)
+    opt("--video-flow", "video_flow", "dis = OpenCV DIS optical flow; none = independent frames", choices=VIDEO_FLOWS)
+    opt("--frames", "frames", "frame range START:STOP of each video (STOP exclusive, either may be empty)")
+    opt("--crf", "crf", f"output quality, {CRF_RANGE[0]}..{CRF_RANGE[1]} (lower: better, larger)", type=int)
+    opt("--video-codec", "video_codec", "output encoder, one the installed FFmpeg has (libx264, libx265, "
+        "libvpx-vp9, libsvtav1, mpeg4, h264_nvenc on NVIDIA machines...)")
+    g.add_argument("--keep-frames", dest="keep_frames", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the dreamed frames (PNG) under OUT/.dreamfleet/video/ after encoding (default: off)")
     g = p.add_argument_group("execution")
     opt("--batch-size", "batch_size", "images per forward/backward", type=int)
     opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",

@@ -16,7 +16,16 @@ from pathlib import Path
 import tomllib
 
 from .limits import Limits, check_limits, field_limits, limited
-from .vocabulary import COMPILE_MODES, GRAD_NORMS, INTERPOLATIONS, OUTPUT_FORMATS, PRECISIONS, SMOOTH_MODES, STEP_UNITS
+from .vocabulary import (
+    COMPILE_MODES,
+    GRAD_NORMS,
+    INTERPOLATIONS,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+    SMOOTH_MODES,
+    STEP_UNITS,
+    VIDEO_FLOWS,
+)
 
 SMOOTH_SIGMA_MAX = 10.0  # px; --smooth-sigma values lie in [0, SMOOTH_SIGMA_MAX]
 LAP_LEVELS_RANGE = (1, 8)  # --lap-levels: bands of the Laplacian pyramid
@@ -25,12 +34,16 @@ OCTAVE_SCALE_MAX = 10.0  # --octave-scale lies in (1, OCTAVE_SCALE_MAX]
 # jobs without smoothing (classic, seed, every existing output folder) are what they were before
 _SMOOTH_UNUSED = {"none": ("smooth", "smooth_sigma", "lap_levels"), "gaussian": ("lap_levels",),
                   "laplacian": ("smooth_sigma",)}
+VIDEO_BLEND_RANGE = (0.0, 1.0)  # --video-blend: share of the previous frame's warped dream detail carried
+CRF_RANGE = (0, 51)  # --crf: x264/x265 constant rate factor (0 lossless, 18 visually lossless, 51 worst)
+# video fields are hashed only when they differ from their defaults: image jobs keep their hashes
+_VIDEO_HASHED = ("video_blend", "video_flow", "frames", "crf", "video_codec")
 TILEABLE_OBJECTIVES = ("l2", "channel", "guide")  # sums over positions: tile gradients add up
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
                "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options", "reproducible",
-               "ort_trt"}
+               "ort_trt", "keep_frames"}
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")  # storage options redacted in reports
 
 
@@ -67,6 +80,13 @@ class DreamConfig:
     # tiling (issue 10): octaves larger than one window (tile + 2 * tile_overlap) are dreamed in tiles
     tile: int = limited(0, lo=0, note="0: off, else >= 32")  # tile core side, px (0: off)
     tile_overlap: int = limited(64, lo=0)  # context around each tile whose gradient is discarded, px
+    # video (issue 20): frame t of several videos per batch; detail carried along the optical flow
+    video_blend: float = limited(0.8, lo=VIDEO_BLEND_RANGE[0], hi=VIDEO_BLEND_RANGE[1])  # each frame starts from its source + this x the previous frame's warped detail
+    video_flow: str = "dis"  # dis: OpenCV DIS optical flow; none: independent frames
+    frames: str = ""  # "START:STOP" frame range of each video (Python slice, STOP exclusive; empty: all)
+    crf: int = limited(18, lo=CRF_RANGE[0], hi=CRF_RANGE[1])  # output quality (constant rate factor)
+    video_codec: str = "libx264"  # encoder of the output video (see engine.video.encode.available_codecs)
+    keep_frames: bool = False  # keep the dreamed frames (PNG) under OUT/.dreamfleet/video/ after encoding
     # execution
     batch_size: int = limited(8, lo=1)
     threads: int = limited(0, lo=0, note="0: one per core")  # torch intra-op threads for an in-process job (0: torch's default, one per core)
@@ -102,6 +122,7 @@ class DreamConfig:
         self._validate_layer_weights()
         self._validate_smoothing()
         self._validate_tiling()
+        self._validate_video()
         try:
             self.channels = tuple(int(c) for c in self.channels)
         except (TypeError, ValueError, OverflowError):  # e.g. channels = [nan] or [inf] in a job file
@@ -146,6 +167,28 @@ class DreamConfig:
         if self.tile and self.objective not in TILEABLE_OBJECTIVES:
             raise ValueError(f"objective {self.objective!r} cannot be tiled (it is not a sum over positions); "
                              f"with --tile use one of: {', '.join(TILEABLE_OBJECTIVES)}")
+
+    def _validate_video(self) -> None:
+        _choice("video_flow", self.video_flow, VIDEO_FLOWS)
+        self.frame_range()  # parses
+        if self.video_codec != "libx264":  # the wheel's FFmpeg (and for nvenc the GPU) decides: opened here
+            from .video.encode import check_codec
+
+            why = check_codec(self.video_codec)
+            if why:
+                raise ValueError(f"video_codec: {why}")
+
+    def frame_range(self) -> tuple[int, int | None]:
+        """(start, stop or None) of ``frames`` ("START:STOP", either side may be empty)."""
+        text = str(self.frames or ":")
+        try:
+            lo, hi = text.split(":")
+            start, stop = int(lo or 0), (int(hi) if hi else None)
+        except ValueError:
+            raise ValueError(f"frames must be 'START:STOP' (e.g. '0:120', '30:'), got {self.frames!r}") from None
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError(f"frames must be 'START:STOP' with 0 <= START < STOP, got {self.frames!r}")
+        return start, stop
 
     def _coerce_types(self) -> None:
         """TOML and Python callers may give 2 for 2.0 or "4" for 4: convert, or say which field is wrong."""
@@ -193,6 +236,7 @@ class DreamConfig:
         unused = _NOT_HASHED.union(_SMOOTH_UNUSED.get(self.smooth, ()))
         if not self.tile:  # untiled jobs keep the hash they had before tiling existed
             unused = unused.union({"tile", "tile_overlap"})
+        unused = unused.union(k for k in _VIDEO_HASHED if getattr(self, k) == _DEFAULTS[k])
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
 
     def param_hash(self) -> str:
@@ -200,6 +244,8 @@ class DreamConfig:
         blob = json.dumps(self.hashed_params(), sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamConfig)}
 
 PRESETS: dict[str, dict] = {
     # Google's 2015 deepdream notebook, translated into the model's normalized input space
@@ -283,6 +329,6 @@ def _redacted(options: dict) -> dict:
             ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in options.items()}
 
 
-__all__ = ["DreamConfig", "GRAD_NORMS", "INTERPOLATIONS", "LAP_LEVELS_RANGE", "Limits", "OCTAVE_SCALE_MAX", "OUTPUT_FORMATS",
+__all__ = ["CRF_RANGE", "VIDEO_BLEND_RANGE", "DreamConfig", "GRAD_NORMS", "INTERPOLATIONS", "LAP_LEVELS_RANGE", "Limits", "OCTAVE_SCALE_MAX", "OUTPUT_FORMATS",
            "PRECISIONS", "PRESETS", "SMOOTH_MODES", "SMOOTH_SIGMA_MAX", "STEP_UNITS", "check_limits", "config_to_dict",
            "field", "field_limits", "limited", "load_toml", "make_config", "read_toml"]

@@ -7,6 +7,13 @@ Output paths are checked never to leave the output folder. Files inside the outp
 are never taken as inputs, and an input folder inside the output folder is refused.
 Inputs and the output may also be fsspec URLs (``s3://bucket/prefix``, globs too): keys
 below a prefix mirror under the output exactly as files below a folder do.
+
+Videos (mp4, m4v, mov, mkv, webm, avi) are inputs wherever images are. A file is an image or a
+video by its extension; a file whose extension is neither (``clip.bin``, no extension) is read for
+its first bytes and taken as a video when they look like one (``video.probe.sniff_video``); in a
+folder or glob anything else is not an input. A named file is always an input: a text file
+called ``x.mp4`` is a "video" that then fails with FFmpeg's reason. A video's output is MP4: its
+relative path with ``.mp4`` kept or appended (``a/clip.mov`` -> ``a/clip.mov.mp4``).
 """
 from __future__ import annotations
 
@@ -17,18 +24,49 @@ from pathlib import Path, PurePosixPath
 
 from .imageio import IMAGE_EXTENSIONS
 from .storage import URL, Storage, is_url, location
+from .video.probe import SNIFF_BYTES, VIDEO_EXTENSIONS, sniff_video
 
 _FORMAT_EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
+VIDEO_OUTPUT_EXT = ".mp4"
+# never sniffed for video content: text and metadata that sit beside media in folders and buckets
+_NOT_MEDIA = {".json", ".jsonl", ".txt", ".csv", ".md", ".yaml", ".yml", ".xml", ".html", ".py", ".log", ".toml",
+              ".srt", ".vtt", ".parquet", ".safetensors", ".onnx", ".pt"}
 
 
 @dataclass(frozen=True)
 class InputItem:
     path: Path | URL  # the file (or object) to read
     rel: str  # posix relative path; the image's identity (seeds its jitter stream)
+    kind: str = "image"  # "image" | "video"
 
 
-def _is_image_name(p: Path | URL) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+def _head(p: Path | URL, storage: Storage | None) -> bytes:
+    """A file's first bytes (b"" if it cannot be read: the loader reports that later)."""
+    try:
+        if isinstance(p, URL):
+            with (storage or Storage()).open_read(p, SNIFF_BYTES) as fh:
+                return fh.read(SNIFF_BYTES)
+        with open(p, "rb") as fh:
+            return fh.read(SNIFF_BYTES)
+    except OSError:
+        return b""
+
+
+def media_kind(p: Path | URL, storage: Storage | None = None, named: bool = False) -> str | None:
+    """"image", "video" or None (not an input): by extension, else by content (see the module doc).
+
+    ``named``: the user named this file, so it is an input whatever it holds (an image by default).
+    """
+    suffix = p.suffix.lower()
+    if p.name.startswith(".") and not named:
+        return None
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix not in _NOT_MEDIA and sniff_video(_head(p, storage)):
+        return "video"
+    return "image" if named else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -71,15 +109,15 @@ def discover(inputs: list[str], out_dir: Path | URL | None = None,
             # the output folder is the input folder, or holds it: its dreams would be skipped as inputs
             raise ValueError(f"input folder {raw} is inside the output folder {out_dir}; choose another -o")
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and _is_image_name(f) and not _inside(f, out_dir))
+            files = _media(sorted(f for f in p.rglob("*") if f.is_file() and not _inside(f, out_dir)), storage)
             roots.append((p, files, True))
         elif p.is_file():
-            roots.append((p.parent, [p], False))
+            roots.append((p.parent, [(p, media_kind(p, storage, named=True))], False))
         elif glob.has_magic(raw):
             matches = sorted(Path(m) for m in glob.glob(raw, recursive=True) if Path(m).is_file())
-            matches = [m for m in matches if _is_image_name(m) and not _inside(m, out_dir)]
+            matches = _media([m for m in matches if not _inside(m, out_dir)], storage)
             if not matches:
-                problems.append((raw, "glob matches no image file"))
+                problems.append((raw, "glob matches no image or video file"))
                 continue
             roots.append((_glob_base(raw), matches, True))
         else:
@@ -87,7 +125,7 @@ def discover(inputs: list[str], out_dir: Path | URL | None = None,
     prefixes = _root_prefixes([base for base, _, tree in roots if tree])
     items: dict[str, InputItem] = {}
     for base, files, tree in roots:
-        for f in files:
+        for f, kind in files:
             rel = PurePosixPath(f.relative_to(base).as_posix())
             if tree and prefixes.get(base):
                 rel = PurePosixPath(prefixes[base]) / rel
@@ -95,7 +133,7 @@ def discover(inputs: list[str], out_dir: Path | URL | None = None,
             if key in items and items[key].path.resolve() != f.resolve():
                 problems.append((str(f), f"another input already maps to {key!r}"))
                 continue
-            items[key] = InputItem(f, key)
+            items[key] = InputItem(f, key, kind)
     return sorted(items.values(), key=lambda i: i.rel), problems
 
 
@@ -103,9 +141,9 @@ def _discover_url(u: URL, out_dir, storage: Storage, roots: list, problems: list
     """The object-store branch of ``discover``: a key, a prefix (recursive) or a glob."""
     storage.check_access(u, "input")
     if glob.has_magic(u.path):
-        matches = [m for m in storage.glob(str(u)) if _is_image_name(m) and not _inside(m, out_dir)]
+        matches = _media([m for m in storage.glob(str(u)) if not _inside(m, out_dir)], storage)
         if not matches:
-            problems.append((str(u), "glob matches no image object"))
+            problems.append((str(u), "glob matches no image or video object"))
             return
         fixed = []
         for part in u.path.split("/")[:-1]:
@@ -114,15 +152,21 @@ def _discover_url(u: URL, out_dir, storage: Storage, roots: list, problems: list
             fixed.append(part)
         roots.append((URL(f"{u.protocol}://{'/'.join(fixed)}"), matches, True))
     elif u.key and storage.isfile(u):
-        roots.append((u.parent, [u], False))
+        roots.append((u.parent, [(u, media_kind(u, storage, named=True))], False))
     else:
         if out_dir is not None and _inside(u, out_dir):
             raise ValueError(f"input prefix {u} is inside the output location {out_dir}; choose another -o")
-        files = [f for f in storage.find(u) if _is_image_name(f) and not _inside(f, out_dir)]
+        files = _media([f for f in storage.find(u) if not _inside(f, out_dir)], storage)
         if files:
             roots.append((u, files, True))
         else:
-            problems.append((str(u), "no such object, or no image object below this prefix"))
+            problems.append((str(u), "no such object, or no image or video object below this prefix"))
+
+
+def _media(paths: list, storage: Storage | None) -> list[tuple]:
+    """[(path, kind)] for the paths that are images or videos (a folder's or glob's files)."""
+    kinds = [(p, media_kind(p, storage)) for p in paths]
+    return [(p, k) for p, k in kinds if k is not None]
 
 
 def _glob_base(pattern: str) -> Path:
@@ -154,13 +198,16 @@ def _root_prefixes(bases: list[Path]) -> dict[Path, str]:
     return out
 
 
-def output_path(out_dir: Path | URL, rel: str, output_format: str = "same") -> Path | URL:
-    """Where ``rel``'s result goes; raises ValueError if that would leave ``out_dir``."""
+def output_path(out_dir: Path | URL, rel: str, output_format: str = "same", kind: str = "image") -> Path | URL:
+    """Where ``rel``'s result goes (``kind`` "video": MP4); raises ValueError if that would leave ``out_dir``."""
     out_dir = location(out_dir)
     rel_p = PurePosixPath(rel)
     if rel_p.is_absolute() or ".." in rel_p.parts:
         raise ValueError(f"output path for {rel!r} would leave the output folder")
-    if output_format != "same":
+    if kind == "video":
+        if rel_p.suffix.lower() != VIDEO_OUTPUT_EXT:
+            rel_p = rel_p.with_name(rel_p.name + VIDEO_OUTPUT_EXT)
+    elif output_format != "same":
         rel_p = rel_p.with_name(rel_p.name + _FORMAT_EXT[output_format])
     elif rel_p.suffix.lower() not in IMAGE_EXTENSIONS:  # explicitly named non-image file
         rel_p = rel_p.with_name(rel_p.name + ".png")

@@ -40,6 +40,7 @@ from .report import ImageRecord, RunReport
 from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
 from .storage import URL, Storage, is_url, location
+from .video.plan import plan_video
 from .vocabulary import JOB_FILE_NAME, STATE_DIR
 from .writeguard import STOP_AFTER, stop_message
 
@@ -124,7 +125,8 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
     def decide(item):
         """Without reading anything: a record now, or (item, out, stamp of the existing output or None) to probe."""
         try:
-            out = output_path(out_dir, item.rel, cfg.output_format)
+            video = item.kind == "video"
+            out = output_path(out_dir, item.rel, cfg.output_format, item.kind)
         except ValueError as exc:
             return ImageRecord(str(item.path), item.rel, "failed", reason=str(exc))
         stamp = None
@@ -138,11 +140,11 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
                 stamp = [st.st_size, st.st_mtime_ns]
         if stamp is not None and ledger is not None and vouched(entries, ledger.name(out), stamp):
             return ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists")
-        return item, out, stamp
+        return item, out, stamp, video
 
     def probe(job):
         """-> a skipped/failed record, a WorkItem, or the description of a foreign output (str)."""
-        item, out, stamp = job
+        item, out, stamp, video = job
         if stamp is not None:
             made_with = output_param_hash(out, storage)
             if made_with == ours or (made_with is None and claimed):  # None: BMP keeps no metadata
@@ -153,6 +155,8 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
             log.info("%s was made with other parameters (hash %s) before this job's --overwrite; redoing it",
                      item.rel, made_with)
         try:
+            if video:  # issue 20: a video is one work item (all its frames on one worker)
+                return plan_video(item.path, item.rel, out, cfg, storage)
             w, h = probe_size(item.path, cfg.max_pixels, storage)
             hw = working_size(w, h, cfg)
             usable_octaves(hw[0], hw[1], cfg.octaves, cfg.octave_scale, spec.min_size)
@@ -251,8 +255,9 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, back
             try:
                 runner.prepare(plan.shapes)
                 t_work = time.perf_counter()
-                bar = _progress(len(plan.todo), progress)
-                runner.process(plan.todo, on_record=lambda r: (report.add(r), bar.update(1)))  # nothing accumulates
+                bar = _progress(sum(i.frames or 1 for i in plan.todo), progress)  # a video counts its frames
+                runner.process(plan.todo, on_record=lambda r: (report.add(r), r.video or bar.update(1)),  # nothing accumulates
+                               on_frames=bar.update)
                 bar.close()
                 report.work_seconds = time.perf_counter() - t_work
                 report.extra["io_threads"] = runner.io_threads
@@ -269,4 +274,4 @@ def _progress(total: int, enabled: bool | None):
 
     if enabled is None:
         enabled = sys.stderr.isatty()
-    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit="frame", disable=not enabled, dynamic_ncols=True)  # images count as one frame

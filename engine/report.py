@@ -49,6 +49,7 @@ class ImageRecord:
     worker: str | None = None
     attempts: int = 1
     retryable: bool = False  # failed in the model or on write (worth another try), not an unreadable input
+    video: dict | None = None  # a video's facts: frames, fps, duration, frames/s, encoding, audio (engine/video)
     output_stamp: list | None = None  # [size, mtime_ns or ETag] of the output as written (for the done-ledger)
 
 

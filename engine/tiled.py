@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .backends.base import is_oom
-from .config import DreamConfig
 from .hostmem import bound_host_allocator
 from .imageio import ImageLoadError
 from .loop import StepGen, dream_steps
@@ -49,7 +48,7 @@ from .space import ImageSpace
 from .tiling import Window, cut, needs_tiling, pad_to_window, put_core, tile_grid, window_side
 
 if TYPE_CHECKING:
-    from .runner import DreamRunner, WorkItem
+    from .device_loop import DeviceLoop, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +69,6 @@ def pads_short_batches(backend) -> bool:
     return not (backend.device.type == "cpu" and backend.name in SHAPE_FLEXIBLE)
 
 
-def split_tiled(items: list[WorkItem], cfg: DreamConfig) -> tuple[list[WorkItem], list[WorkItem]]:
-    """(items dreamed as today, items larger than one tile window); the second is empty when tiling is off."""
-    tiled = [i for i in items if needs_tiling(i.hw[0], i.hw[1], cfg.tile, cfg.tile_overlap)]
-    if not tiled:
-        return items, []
-    return [i for i in items if not needs_tiling(i.hw[0], i.hw[1], cfg.tile, cfg.tile_overlap)], tiled
-
-
 @dataclass(eq=False)
 class _Flight:
     """One image in flight."""
@@ -92,12 +83,13 @@ class _Flight:
     grad: torch.Tensor | None = None  # the gradient being assembled, [1,3,h,w]
     waiting: int = 0  # tiles of this step not back yet
     dead: bool = False
+    done: Callable | None = None  # run_steps: gets the final z (or the failure reason) instead of a write
 
 
 class TileScheduler:
     """Dreams a list of large work items with the runner's backend; ``emit`` gets one record per item."""
 
-    def __init__(self, runner: DreamRunner, emit: Callable[[ImageRecord], None]) -> None:
+    def __init__(self, runner: DeviceLoop, emit: Callable[[ImageRecord], None]) -> None:
         self.runner, self.emit, self.cfg, self.backend = runner, emit, runner.cfg, runner.backend
         self.batch, self.side = self.cfg.batch_size, window_side(self.cfg.tile, self.cfg.tile_overlap)
         self.space = ImageSpace.create(runner.dm.spec, self.cfg, runner.device, runner.dtype)
@@ -149,6 +141,23 @@ class TileScheduler:
             log.info("tiles: %d batches, %.0f%% of their slots filled", self.tile_batches,
                      100.0 * self.tile_slots_filled / self.tile_slots)
 
+    def run_steps(self, gens: list[StepGen]) -> list:
+        """Answer step generators (e.g. a video's frames larger than one window, each [1,3,h,w]) with tiled
+        gradients, their tiles sharing batches, until each returns: per generator its z, or the failure reason."""
+        out: list = [None] * len(gens)
+        for k, steps in enumerate(gens):
+            f = _Flight(None, None, steps, 0.0, time.perf_counter(), done=lambda v, k=k: out.__setitem__(k, v))
+            self.flights.append(f)
+            self._advance(f, None)
+        while self.flights:
+            if self.untiled:
+                self._run_untiled()
+            elif self.queue:
+                self._run_tiles()
+            else:
+                raise RuntimeError("tile scheduler stalled: steps in flight but no work queued")
+        return out
+
     # --- images in and out ---
     def _admit(self, item: WorkItem, img) -> None:
         """Start dreaming a decoded image (or record why it could not be read or started)."""
@@ -195,6 +204,9 @@ class TileScheduler:
     def _finish(self, f: _Flight, z: torch.Tensor) -> None:
         """Queue the dreamed image's way to the host (uint8, non-blocking); it lands after the next device work."""
         self.flights.remove(f)
+        if f.done is not None:
+            f.done(z)
+            return
         timings = {"load": round(f.load_s, 4), "dream": round(time.perf_counter() - f.t0, 4)}
         try:  # [1,3,H,W] -> uint8, on its way to a pinned buffer of its own
             pending = self.runner.transfer.download(self.space.to_pixels(z), reuse=False)
@@ -225,6 +237,9 @@ class TileScheduler:
         self._record_failure(f, reason)
 
     def _record_failure(self, f: _Flight, reason: str) -> None:
+        if f.done is not None:
+            f.done(reason)
+            return
         log.warning("dream failed for %s: %s", f.item.rel, reason)
         self.emit(ImageRecord(f.item.path, f.item.rel, "failed", reason=f"dream failed: {reason}",
                               shape=list(f.item.hw), worker=self.runner.worker, retryable=True))

@@ -23,6 +23,7 @@ GRAD_NORMS = ("mean_abs", "l2")
 INTERPOLATIONS = ("bilinear", "nearest")
 OUTPUT_FORMATS = ("same", "png", "jpeg", "webp", "tiff")
 SMOOTH_MODES = ("none", "gaussian", "laplacian")  # gradient smoothing: engine/smoothing.py
+VIDEO_FLOWS = ("dis", "none")  # --video-flow: OpenCV DIS optical flow, or independent frames
 
 # per-image outcomes
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -41,9 +42,10 @@ CONTACT_SHEET_NAME = "dreamfleet-contact-sheet.png"
 MANIFEST_NAME = "manifest.jsonl"
 JOB_FILE_NAME = "job.json"
 LOCK_NAME = "lock"
+VIDEO_STATE_DIR = "video"  # OUT/.dreamfleet/video/<param hash>/<rel>/: a video's dreamed frames and chain state
 
 __all__ = ["BACKENDS", "COMPILE_MODES", "CONTACT_SHEET_NAME", "CPU_PRECISIONS", "DONE", "FAILED", "FINISHED", "GRAD_NORMS",
            "GUIDED_KINDS", "HALF_PRECISIONS", "INTERPOLATIONS", "JOB_FILE_NAME", "LEDGER_NAME", "LEDGER_PARTS_NAME",
            "LOCK_NAME", "MANIFEST_NAME", "NOT_ATTEMPTED", "RECORD_PARTS_NAME", "RECORDS_NAME",
            "OBJECTIVE_KINDS", "OUTPUT_FORMATS", "PRECISIONS", "REPORT_NAME", "SKIPPED", "SMOOTH_MODES", "STATE_DIR", "STATUSES",
-           "STEP_UNITS"]
+           "STEP_UNITS", "VIDEO_FLOWS", "VIDEO_STATE_DIR"]

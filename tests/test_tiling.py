@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import dreamfleet.engine.runner as runner_mod
+import dreamfleet.engine.device_loop as device_loop_mod
 import dreamfleet.engine.tiled as tiled_mod
 from dreamfleet.backends import create_backend
 from dreamfleet.engine.backends.base import Backend, Fence
@@ -105,7 +105,7 @@ def _capture(monkeypatch) -> dict:
         saved[str(path)] = rgb
         return b""
 
-    monkeypatch.setattr(runner_mod, "encode_image", encode)
+    monkeypatch.setattr(device_loop_mod, "encode_image", encode)
     return saved
 
 

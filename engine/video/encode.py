@@ -1,0 +1,243 @@
+"""Dreamed frames back into a video that plays everywhere, with the source's timing and audio (PyAV).
+
+``VideoEncoder.write`` encodes each upright RGB frame at its source pts, in the source time base
+(the MP4 track timescale is set to that time base's denominator, so 30000/1001 fps and VFR
+timestamps come back exact), as ``yuv420p`` at even dimensions (an odd last row/column is
+cropped), BT.709 tagged, with the source's display rotation kept (frames are turned back to the
+coded orientation). Frames go to a video-only temporary beside the destination as they come.
+
+``close(audio_from)`` muxes the final file: the video packets and the source's audio packets,
+interleaved by time, audio copied packet for packet (remux). Only an audio codec the output
+container cannot hold is re-encoded to AAC, and the returned facts say so. The file is written
+to a temporary and renamed (``+faststart``: the index is at the front); an object-store
+destination is uploaded after the local file is complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import temporary_for
+from ..storage import Storage, location
+from .decode import coded
+from .probe import VideoInfo, local_copy
+from .remux import audio_packets, open_audio_outputs
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FORMAT = "mp4"
+PIX_FMT = "yuv420p"
+_QUALITY_OPTION = {"libx264": "crf", "libx265": "crf", "libsvtav1": "crf", "libvpx-vp9": "crf", "h264_nvenc": "cq",
+                   "hevc_nvenc": "cq", "mpeg4": "qscale"}  # how each encoder spells "constant quality"
+_CANDIDATES = ("libx264", "h264_nvenc", "libx265", "hevc_nvenc", "libsvtav1", "libvpx-vp9", "mpeg4")
+
+
+def available_codecs() -> list[str]:
+    """Video encoders this FFmpeg build has that MP4 can hold (for ``--video-codec``), libx264 first."""
+    import av
+
+    return [c for c in _CANDIDATES if c in av.codecs_available]
+
+
+def check_codec(codec: str, size: tuple[int, int] = (64, 64)) -> str | None:
+    """None if ``codec`` opens here as a yuv420p encoder; else why not (for ``--video-codec`` preflight).
+
+    ``h264_nvenc`` is in the wheel's FFmpeg everywhere but opens only where an NVIDIA GPU and driver are.
+    """
+    import av
+
+    if codec not in available_codecs():
+        return f"video codec {codec!r} is not available; choose one of {available_codecs()}"
+    try:
+        cc = av.CodecContext.create(codec, "w")
+        cc.width, cc.height, cc.pix_fmt, cc.time_base = size[0], size[1], PIX_FMT, Fraction(1, 25)
+        cc.open()
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        return f"video codec {codec!r} cannot be opened on this machine ({getattr(exc, 'strerror', None) or exc})"
+    return None
+
+
+def even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(W, H) rounded down to even (yuv420p needs it); at least 2x2."""
+    return max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)
+
+
+def _codec_options(codec: str, crf: int, preset: str | None) -> dict:
+    opts = {}
+    key = _QUALITY_OPTION.get(codec)
+    if key == "qscale":
+        opts["qscale"] = str(max(1, min(31, round(crf / 51 * 30) + 1)))
+    elif key:
+        opts[key] = str(crf)
+    if codec == "libvpx-vp9":
+        opts["b"] = "0"
+    if codec == "libx265":
+        opts["x265-params"] = "log-level=error"
+    if codec.endswith("_nvenc"):
+        opts["rc"] = "vbr"
+    if preset:
+        opts["preset"] = preset
+    return opts
+
+
+class VideoEncoder:
+    """Encode upright RGB frames at their source pts; ``close`` muxes audio and writes ``dest`` atomically."""
+
+    def __init__(self, dest, info: VideoInfo, size: tuple[int, int], codec: str = "libx264", crf: int = 18,
+                 storage: Storage | None = None, preset: str | None = None):
+        import av
+
+        if codec not in available_codecs():
+            raise ValueError(f"video codec {codec!r} is not available; choose one of {available_codecs()}")
+        self.dest, self.info, self.codec, self.crf = location(dest), info, codec, crf
+        self.storage = storage
+        self.size = even_size(size)  # display orientation
+        self.rotation = info.rotation
+        self.frames, self.last_pts = 0, None
+        self._durations: dict[int, int] = {}  # pts -> duration of frames the encoder still holds
+        self._workdir = Path(tempfile.mkdtemp(prefix="dreamfleet-encode-"))
+        self._video_tmp = self._workdir / "video.mp4"
+        self._out = av.open(str(self._video_tmp), "w", format=OUTPUT_FORMAT,
+                            options=self._track_options())
+        w, h = self.size if abs(self.rotation) % 180 != 90 else self.size[::-1]  # coded orientation
+        vs = self._out.add_stream(codec, rate=info.rate or None, options=_codec_options(codec, crf, preset))
+        vs.width, vs.height, vs.pix_fmt = w, h, PIX_FMT
+        vs.time_base = info.time_base
+        vs.codec_context.time_base = info.time_base
+        cc = vs.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited range
+        if codec in ("libx265", "hevc_nvenc"):
+            cc.codec_tag = "hvc1"  # the HEVC tag Apple players require
+        self._stream = vs
+
+    def _track_options(self) -> dict:
+        """MP4 muxer options: the track and movie timescales are the source time base's denominator, so every
+        pts is exact, also a late first pts (a frame range), which the edit list states in the movie timescale."""
+        den = self.info.time_base.denominator
+        return {"video_track_timescale": str(den), "movie_timescale": str(den)} if den < (1 << 31) else {}
+
+    def write(self, rgb: np.ndarray, pts: int, duration: int | None = None) -> None:
+        """Encode one upright frame [H, W, 3] uint8 (H, W >= the output size) at ``pts`` (source time base).
+
+        ``duration`` (``Frame.duration``) keeps the last frame's display time, hence the clip's duration.
+        """
+        import av
+
+        if self.last_pts is not None and pts <= self.last_pts:
+            raise ValueError(f"frame pts {pts} is not after the previous {self.last_pts}: frames out of order")
+        w, h = self.size
+        if rgb.shape[0] < h or rgb.shape[1] < w:
+            raise ValueError(f"frame is {rgb.shape[1]}x{rgb.shape[0]}, smaller than the output {w}x{h}")
+        img = coded(np.ascontiguousarray(rgb[:h, :w]), self.rotation)
+        vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+        vf = vf.reformat(format=PIX_FMT, dst_colorspace="ITU709", dst_color_range="MPEG")
+        vf.pts, vf.time_base = pts, self.info.time_base
+        if duration:
+            self._durations[pts] = duration  # until its packet comes out of the encoder (a few frames)
+        self._mux_encoded(self._stream.encode(vf))
+        self.frames += 1
+        self.last_pts = pts
+
+    def _video_packets(self, src, out_stream):
+        vs = src.streams.video[0]
+        for packet in src.demux(vs):
+            if packet.dts is None:
+                continue
+            packet.stream = out_stream
+            yield packet
+
+    def _mux_encoded(self, packets) -> None:
+        """Mux encoder output into the temporary, each packet lasting as long as its frame (VFR: the
+        muxer takes the last frame's display time, hence the clip's duration, from it)."""
+        for packet in packets:
+            duration = self._durations.pop(packet.pts, None)
+            if duration:
+                packet.duration = duration
+            self._out.mux(packet)
+
+    def _mux_final(self, final: Path, audio_from, audio_span) -> list[str]:
+        """Remux the video temporary + ``audio_from``'s audio into ``final`` (interleaved by time)."""
+        import av
+
+        options = dict(self._track_options(), movflags="+faststart")
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(av.open(str(self._video_tmp), "r"))
+            out = stack.enter_context(av.open(str(final), "w", format=OUTPUT_FORMAT, options=options))
+            vout = out.add_stream_from_template(src.streams.video[0])
+            vout.time_base = self.info.time_base
+            if self.rotation:
+                vout.set_display_rotation(self.rotation)
+            audio_src = None
+            if audio_from is not None:
+                audio_src = stack.enter_context(local_copy(audio_from, self.storage))
+            routes, facts = open_audio_outputs(stack, audio_src, out)
+            key = lambda p: p.dts * p.time_base  # noqa: E731  (interleave by decode time)
+            streams = [self._video_packets(src, vout)] + [audio_packets(r, audio_span) for r in routes]
+            for packet in heapq.merge(*streams, key=key):
+                out.mux(packet)
+            for r in routes:
+                for packet in r.flush():
+                    out.mux(packet)
+        return facts
+
+    def close(self, audio_from=None, audio_span: tuple | None = None) -> dict:
+        """Finish the stream, mux the audio of ``audio_from`` (a path/URL, or None) and write ``dest``; the facts.
+
+        ``audio_span`` = (start, end) in seconds (source clock) keeps only the audio packets that play
+        within it, for a frame range; None keeps the whole track (every packet, unchanged).
+        """
+        try:
+            self._mux_encoded(self._stream.encode(None))
+            self._out.close()
+            if self.frames == 0:
+                raise ValueError(f"no frames were written for {self.dest}")
+            if isinstance(self.dest, Path):
+                self.dest.parent.mkdir(parents=True, exist_ok=True)
+                final = temporary_for(self.dest)
+            else:
+                final = self._workdir / f"final.{OUTPUT_FORMAT}"
+            try:
+                audio = self._mux_final(final, audio_from, audio_span)
+                self._publish(final)
+            finally:
+                if final.exists():
+                    final.unlink()
+        finally:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        return dict(codec=self.codec, crf=self.crf, pix_fmt=PIX_FMT, container=OUTPUT_FORMAT, faststart=True,
+                    width=self.size[0], height=self.size[1], rotation=self.rotation, frames=self.frames,
+                    time_base=str(self.info.time_base), audio=_audio_summary(audio), audio_streams=audio)
+
+    def _publish(self, final: Path) -> None:
+        if isinstance(self.dest, Path):
+            with open(final, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(final, self.dest)
+            return
+        storage = self.storage or Storage()
+        storage.call(f"write {self.dest}", storage.fs(self.dest).put_file, str(final), self.dest.path)
+
+    def abort(self) -> None:
+        """Drop everything written so far (the destination is untouched)."""
+        with contextlib.suppress(Exception):
+            self._out.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _audio_summary(facts: list[str]) -> str:
+    """One word for the record: "none", "copied", or the first re-encode note."""
+    if not facts:
+        return "none"
+    changed = [f for f in facts if f != "copied"]
+    return changed[0] if changed else "copied"
+
+
+__all__ = ["OUTPUT_FORMAT", "PIX_FMT", "VideoEncoder", "available_codecs", "check_codec", "even_size"]

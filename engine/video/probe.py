@@ -1,0 +1,162 @@
+"""What a video file is: recognizing one by name or by content, and reading its facts (PyAV).
+
+``sniff_video`` looks at a file's first bytes (MP4/MOV ``ftyp``, Matroska/WebM EBML, AVI
+``RIFF....AVI ``), so a clip named ``.bin`` is still found and a text file named ``.mp4`` is
+still refused (it opens as nothing FFmpeg can decode). ``probe_video`` opens the container and
+decodes the first frame, so a file that probes is one that decodes: anything else is a
+``VideoLoadError`` whose message is the reason recorded in the report. PyAV is imported lazily.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from ..imageio import ImageLoadError
+from ..storage import Storage, location
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+SNIFF_BYTES = 16  # enough for every signature below
+_EBML = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide")  # first box of an MP4 (ftyp) or an old QuickTime file
+_NOT_VIDEO_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"M4A ", b"M4B ", b"M4P ")  # stills, audio
+
+
+class VideoLoadError(ImageLoadError):
+    """The file is not a usable video; ``str(err)`` is the reason recorded in the report."""
+
+
+def sniff_video(head: bytes) -> bool:
+    """True if ``head`` (a file's first bytes, >= 12) starts like MP4/MOV, Matroska/WebM or AVI."""
+    if head[4:8] in _ISO_BOXES:  # ISO BMFF (mp4, m4v, 3gp) / QuickTime: a box size, then its type
+        return head[4:8] != b"ftyp" or head[8:12] not in _NOT_VIDEO_BRANDS
+    if head[:4] == _EBML:
+        return True
+    return head[:4] == b"RIFF" and head[8:11] == b"AVI"
+
+
+def is_video_name(p) -> bool:
+    return p.suffix.lower() in VIDEO_EXTENSIONS
+
+
+@dataclass
+class VideoInfo:
+    width: int  # coded frame size (before the display rotation)
+    height: int
+    rotation: int  # display rotation in degrees, counter-clockwise, as the container says (0, 90, -90, 180)
+    frames: int | None  # frame count from the container header, when it says
+    time_base: Fraction  # the video stream's time base: every pts is in these units
+    rate: Fraction | None  # average frame rate (None when unknown)
+    duration: float | None  # seconds
+    codec: str
+    pix_fmt: str
+    audio: list[dict] = field(default_factory=list)  # per audio stream: index, codec, rate, channels, time_base
+    container: str = ""
+    start_pts: int = 0  # pts of the first decoded frame
+    bit_rate: int | None = None
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(W, H) as shown: swapped for a quarter-turn rotation."""
+        return (self.height, self.width) if abs(self.rotation) % 180 == 90 else (self.width, self.height)
+
+
+@contextlib.contextmanager
+def local_copy(path, storage: Storage | None = None):
+    """``path`` as a local Path: a local file as is; an object copied to a temporary (removed afterwards).
+
+    FFmpeg seeks around containers (an MP4's index may sit at the end), so an object is
+    streamed to a local temporary once rather than decoded from a network stream.
+    """
+    path = location(path)
+    if isinstance(path, Path):
+        yield path
+        return
+    tmpdir = tempfile.mkdtemp(prefix="dreamfleet-video-")
+    local = Path(tmpdir) / (path.name or "video")
+    try:
+        try:
+            with (storage or Storage()).open_read(path) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 4 << 20)
+        except OSError as exc:
+            raise VideoLoadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        yield local
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def open_input(path: Path):
+    """``av.open`` for reading, with FFmpeg's errors turned into VideoLoadError."""
+    import av
+
+    if not path.exists():
+        raise VideoLoadError("no such file")
+    if path.stat().st_size == 0:
+        raise VideoLoadError("empty file")
+    try:
+        container = av.open(str(path), "r")
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        with open(path, "rb") as fh:
+            looks_like = sniff_video(fh.read(SNIFF_BYTES))
+        if looks_like:
+            raise VideoLoadError(f"a video container FFmpeg cannot open ({why}): broken, or cut short") from None
+        raise VideoLoadError(f"not a video FFmpeg can open ({why})") from None
+    if video_stream(container) is None:
+        container.close()
+        raise VideoLoadError("no video stream (not a video FFmpeg can decode)")
+    return container
+
+
+def video_stream(container):
+    """The clip's video stream: FFmpeg's best one, never cover art (an attached picture); None if none."""
+    import av
+
+    moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        return None
+    best = container.streams.best("video")
+    return best if best in moving else moving[0]
+
+
+def _audio_facts(container) -> list[dict]:
+    return [dict(index=s.index, codec=s.codec_context.name, rate=s.codec_context.sample_rate,
+                 channels=s.codec_context.channels, time_base=str(s.time_base),
+                 frames=s.frames or None) for s in container.streams.audio]
+
+
+def probe_video(path, storage: Storage | None = None) -> VideoInfo:
+    """Facts about the video at ``path`` (local or URL); decodes its first frame. Raises VideoLoadError."""
+    import av
+
+    with local_copy(path, storage) as local, contextlib.closing(open_input(local)) as c:
+        vs = video_stream(c)
+        try:
+            first = next(c.decode(vs), None)
+        except av.FFmpegError as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise VideoLoadError(f"cannot decode the first frame ({why}): broken, or cut short") from None
+        if first is None:
+            raise VideoLoadError("the video stream has no decodable frame")
+        duration = None
+        if vs.duration is not None:
+            duration = float(vs.duration * vs.time_base)
+        elif c.duration is not None:
+            duration = c.duration / av.time_base
+        cc = vs.codec_context
+        return VideoInfo(
+            width=first.width, height=first.height, rotation=int(round(first.rotation or 0)),
+            frames=vs.frames or None, time_base=vs.time_base,
+            rate=vs.average_rate or vs.guessed_rate or None, duration=duration, codec=cc.name,
+            pix_fmt=first.format.name, audio=_audio_facts(c), container=c.format.name,
+            start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None)
+
+
+__all__ = ["SNIFF_BYTES", "VIDEO_EXTENSIONS", "VideoInfo", "VideoLoadError", "is_video_name", "local_copy",
+           "open_input", "probe_video", "sniff_video", "video_stream"]
