@@ -64,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--io-threads", type=int, default=0, help="--pipeline: decode/write threads (default: 0 = cores)")
     g.add_argument("--tiled", action="store_true", help="--pipeline: the tile scheduler's version (2400x1600 JPEGs "
                    "dreamed at full size, --tile 512; --images default 6)")
+    g = p.add_argument_group("peer (dreamfleet against pytorch-deepdream on the same job, issue 17)")
+    g.add_argument("--peer", action="store_true", help="alternate our harness of pytorch-deepdream's loop with "
+                   "`dreamfleet dream` at batch 1 and 8 (VGG16 relu4_3, 256x192, 4 octaves x 10 iterations; "
+                   "--repeats rounds, default 3; --images photos, default 8) -> results/peer.jsonl")
+    g.add_argument("--precisions", type=_names, default=(), metavar="A,B",
+                   help="--peer: also batch 8 at these precisions (e.g. auto,bf16)")
+    g.add_argument("--threads", type=int, default=2, help="--peer: torch threads in every case (default: 2)")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -83,6 +90,11 @@ def handle(args: argparse.Namespace) -> int:
         rows = run_simulation(args.simulate, _names(args.sim_models), _names(args.sim_settings), args.sim_batch,
                               args.sim_images, args.sim_precision, Path(out))
         print(table(rows))
+        return 0
+    if args.peer:
+        from .peer_bench import run_peer_bench, table
+
+        print(table(run_peer_bench(args.repeats or 3, args.images or 8, args.threads, args.precisions, out)))
         return 0
     if args.pipeline and args.tiled:
         from .tiled_pipeline import format_row, run_tiled_pipeline_bench

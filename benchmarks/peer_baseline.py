@@ -157,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     peer = PeerDream(args.octaves, args.octave_scale, args.iterations, shift=args.jitter)
     args.output.mkdir(parents=True, exist_ok=True)
     paths = sorted(q for q in args.inputs.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for q in paths:
         out = peer.dream(load_rgb(q))
         cv2.imwrite(str(args.output / f"{q.stem}.png"), (out[:, :, ::-1] * 255).astype(np.uint8))
-    work = time.perf_counter() - t0
-    print(json.dumps({"images": len(paths), "work_seconds": round(work, 3), "torch_threads": torch.get_num_threads(),
+    work, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(json.dumps({"images": len(paths), "work_seconds": round(work, 3), "work_cpu_seconds": round(cpu, 3),
+                      "torch_threads": torch.get_num_threads(),
                       "octave_shapes": [peer.level_shape(load_rgb(paths[0]).shape[:2], lv)
                                         for lv in range(args.octaves)] if paths else []}))
     return 0

@@ -70,7 +70,8 @@ def run_peer(photos: Path, out: Path, threads: int) -> dict:
            "--threads", str(threads), "--octaves", str(JOB["octaves"]), "--octave-scale", str(JOB["octave_scale"]),
            "--iterations", str(JOB["iterations"]), "--jitter", str(JOB["jitter"])]
     res = json.loads(_child(cmd, threads).stdout.strip().splitlines()[-1])
-    return {"seconds": res["work_seconds"], "images": res["images"], "octave_shapes": res["octave_shapes"]}
+    return {"seconds": res["work_seconds"], "cpu_seconds": res["work_cpu_seconds"], "images": res["images"],
+            "octave_shapes": res["octave_shapes"]}
 
 
 def dream_command(photos: Path, out: Path, batch: int, threads: int, precision: str = "fp32") -> list[str]:
@@ -89,7 +90,8 @@ def run_dreamfleet(photos: Path, out: Path, batch: int, threads: int, precision:
     t = report["totals"]
     if t["done"] != t["images"]:
         raise RuntimeError(f"dreamfleet dream: {t['done']} of {t['images']} images done")
-    return {"seconds": t["work_seconds"], "images": t["done"], "backend": report.get("backend")}
+    return {"seconds": t["work_seconds"], "cpu_seconds": report.get("work_cpu_seconds"), "images": t["done"],
+            "backend": report.get("backend")}
 
 
 def cases(precisions: tuple[str, ...]) -> list[tuple[str, int, str]]:
@@ -103,11 +105,16 @@ def summarize(name: str, runs: list[dict], peer_runs: list[dict]) -> dict:
     ratios = [(r["images"] / r["seconds"]) / (p["images"] / p["seconds"]) for r, p in zip(runs, peer_runs)]
     return {"case": name, "images_per_s": round(statistics.median(ips), 4),
             "images_per_s_rounds": [round(v, 4) for v in ips], "vs_peer": round(statistics.median(ratios), 3),
-            "vs_peer_rounds": [round(v, 3) for v in ratios]}
+            "vs_peer_rounds": [round(v, 3) for v in ratios],
+            # CPU seconds per image (all threads) and cores kept busy: robust to other processes' load
+            "cpu_s_per_image": round(statistics.median(r["cpu_seconds"] / r["images"] for r in runs), 3),
+            "cores_busy": round(statistics.median(r["cpu_seconds"] / r["seconds"] for r in runs), 2),
+            "vs_peer_cpu": round(statistics.median(p["cpu_seconds"] / r["cpu_seconds"] * r["images"] / p["images"]
+                                                   for r, p in zip(runs, peer_runs)), 3)}
 
 
 def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precisions: tuple[str, ...] = (),
-                   out: Path | None = None) -> list[dict]:
+                   out: str | Path | None = None) -> list[dict]:
     """Alternate every case ``rounds`` times; returns (and appends) one row per case."""
     work = Path(tempfile.mkdtemp(prefix="dreamfleet-peer-"))
     photos = work / "photos"
@@ -121,8 +128,9 @@ def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precision
             res = run_peer(photos, dest, threads) if batch == 0 else run_dreamfleet(photos, dest, batch, threads,
                                                                                     precision)
             runs[name].append(res)
-            log.info("round %d %-18s %.4f images/s (%.1f s, load %s)", r + 1, name, res["images"] / res["seconds"],
-                     res["seconds"], [round(v, 2) for v in os.getloadavg()])
+            log.info("round %d %-18s %.4f images/s (%.1f s, %.1f CPU s, load %s)", r + 1, name,
+                     res["images"] / res["seconds"], res["seconds"], res["cpu_seconds"],
+                     [round(v, 2) for v in os.getloadavg()])
     info, flags = hardware.cpu_flags()
     env = dict(hardware.environment(torch.device("cpu")), cpu_model=info.get("model name"),
                cpu_flags=sorted(flags), native_bf16=bool(flags & {"avx512_bf16", "amx_bf16"}))
@@ -141,10 +149,12 @@ def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precision
 def table(rows: list[dict]) -> str:
     cpu = rows[0]["env"].get("cpu_model") if rows else "?"
     lines = [f"peer comparison on {cpu}, {rows[0]['threads'] if rows else '?'} torch threads",
-             "| case | images/s (median) | per round | vs the peer (median) | per round |", "|---|---|---|---|---|"]
+             "| case | images/s (median) | per round | vs the peer (median) | per round | CPU s/image | cores busy "
+             "| vs the peer, CPU time |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['images_per_s']:.4f} | {', '.join(f'{v:.4f}' for v in r['images_per_s_rounds'])}"
-                     f" | {r['vs_peer']:.2f}x | {', '.join(f'{v:.2f}' for v in r['vs_peer_rounds'])} |")
+                     f" | {r['vs_peer']:.2f}x | {', '.join(f'{v:.2f}' for v in r['vs_peer_rounds'])} "
+                     f"| {r['cpu_s_per_image']:.2f} | {r['cores_busy']:.2f} | {r['vs_peer_cpu']:.2f}x |")
     return "\n".join(lines)
 
 

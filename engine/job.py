@@ -234,11 +234,12 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, back
             report.extra["weights"] = runner.dm.weights_info
             try:
                 runner.prepare(plan.shapes)
-                t_work = time.perf_counter()
+                t_work, cpu_work = time.perf_counter(), time.process_time()
                 bar = _progress(len(plan.todo), progress)
                 runner.process(plan.todo, on_record=lambda r: (report.add(r), bar.update(1)))
                 bar.close()
                 report.work_seconds = time.perf_counter() - t_work
+                report.extra["work_cpu_seconds"] = round(time.process_time() - cpu_work, 3)  # all threads: cores busy
                 report.extra["io_threads"] = runner.io_threads
                 report.extra["host_ms_per_image"] = runner.stages.per_image_ms()  # summed over threads
             finally:

@@ -29,6 +29,7 @@ from .backends.base import Backend, is_oom
 from .backends.eager import loop_dtype, resolve_device
 from .build import DreamModel, build_dream_model_for
 from .config import DreamConfig
+from .hostmem import cache_host_allocations
 from .imageio import ImageLoadError, WorkingImage, encode_image, load_image, load_working_image
 from .loop import dream_tensor
 from .models import get_spec
@@ -82,6 +83,8 @@ class DreamRunner:
         self._pools: tuple | None = None  # (decode, write) executors, made on first use
         self.storage = Storage.for_config(cfg)  # inputs/outputs may be object-store URLs: read/written here
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu" and not cfg.tile:  # steps reuse freed activations: no page faults (issue 17)
+            cache_host_allocations()
         guide = self._load_guide() if cfg.guide else None
         self.dm = build_dream_model_for(cfg, guide)
         self.backend = backend_factory(self.dm, cfg, self.device)

@@ -42,3 +42,25 @@ def test_cli_asks_before_importing_torch():
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_bound_host_allocator_is_taken_by_glibc():
     assert bound_host_allocator() is True
+
+
+FAULTS = ("import resource, sys, torch; from dreamfleet.engine import hostmem; {setup}\n"
+          "def faults():\n"
+          "    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+          "    torch.empty(64 << 18).fill_(1.0)  # 64 MiB, above glibc's largest mmap threshold, freed at once\n"
+          "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0\n"
+          "faults(); print(min(faults() for _ in range(3)))")
+
+
+def _refaults(setup: str) -> int:
+    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="0")  # 4 KiB pages: 16384 faults per 64 MiB touched afresh
+    return int(subprocess.run([sys.executable, "-c", FAULTS.format(setup=setup)], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip())
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_cached_host_allocations_are_reused_without_page_faults():
+    """A step's freed activations come back to the next step without faulting (issue 17); bounding undoes it."""
+    assert _refaults("") > 8000  # glibc's default: a 64 MiB block is mmapped and unmapped every time
+    assert _refaults("assert hostmem.cache_host_allocations()") < 200
+    assert _refaults("hostmem.cache_host_allocations(); assert hostmem.bound_host_allocator()") > 8000
