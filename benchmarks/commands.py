@@ -71,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precisions", type=_names, default=(), metavar="A,B",
                    help="--peer: also batch 8 at these precisions (e.g. auto,bf16)")
     g.add_argument("--threads", type=int, default=2, help="--peer: torch threads in every case (default: 2)")
+    g.add_argument("--allocator-ab", action="store_true", help="--peer: also batch 1 and 8 with glibc's default "
+                   "allocator settings (DREAMFLEET_CACHE_HOST_ALLOCATIONS=0), the state before issue 17's fix")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -94,7 +96,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.peer:
         from .peer_bench import run_peer_bench, table
 
-        print(table(run_peer_bench(args.repeats or 3, args.images or 8, args.threads, args.precisions, out)))
+        print(table(run_peer_bench(args.repeats or 3, args.images or 8, args.threads, args.precisions, out,
+                                   args.allocator_ab)))
         return 0
     if args.pipeline and args.tiled:
         from .tiled_pipeline import format_row, run_tiled_pipeline_bench

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from dreamfleet.engine.hostmem import CACHE_ENV
+
 from . import hardware
 from .rows import append_rows
 from .run import sample_dirs
@@ -57,8 +59,8 @@ def make_photos(folder: Path, n: int, wh: tuple[int, int]) -> list[Path]:
     return out
 
 
-def _child(cmd: list[str], threads: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAY_USAGE_STATS_ENABLED="0")
+def _child(cmd: list[str], threads: int, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAY_USAGE_STATS_ENABLED="0", **env_vars)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {proc.stderr[-1500:]}")
@@ -84,8 +86,9 @@ def dream_command(photos: Path, out: Path, batch: int, threads: int, precision: 
             "--batch-size", str(batch), "--threads", str(threads), "--precision", precision, "--device", "cpu"]
 
 
-def run_dreamfleet(photos: Path, out: Path, batch: int, threads: int, precision: str = "fp32") -> dict:
-    _child(dream_command(photos, out, batch, threads, precision), threads)
+def run_dreamfleet(photos: Path, out: Path, batch: int, threads: int, precision: str = "fp32",
+                   cache: bool = True) -> dict:
+    _child(dream_command(photos, out, batch, threads, precision), threads, **{CACHE_ENV: "1" if cache else "0"})
     report = json.loads((out / "dreamfleet-report.json").read_text())
     t = report["totals"]
     if t["done"] != t["images"]:
@@ -94,9 +97,11 @@ def run_dreamfleet(photos: Path, out: Path, batch: int, threads: int, precision:
             "backend": report.get("backend")}
 
 
-def cases(precisions: tuple[str, ...]) -> list[tuple[str, int, str]]:
-    """(name, batch size, precision); batch 0 is the peer."""
+def cases(precisions: tuple[str, ...], allocator_ab: bool = False) -> list[tuple[str, int, str]]:
+    """(name, batch size, precision); batch 0 is the peer; a name ending in -nocache runs with glibc's defaults."""
     out = [("peer", 0, "fp32"), ("dreamfleet-b1", 1, "fp32"), ("dreamfleet-b8", 8, "fp32")]
+    if allocator_ab:  # the fix of issue 17 switched off (DREAMFLEET_CACHE_HOST_ALLOCATIONS=0)
+        out += [("dreamfleet-b1-nocache", 1, "fp32"), ("dreamfleet-b8-nocache", 8, "fp32")]
     return out + [(f"dreamfleet-b8-{p}", 8, p) for p in precisions if p != "fp32"]
 
 
@@ -114,19 +119,19 @@ def summarize(name: str, runs: list[dict], peer_runs: list[dict]) -> dict:
 
 
 def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precisions: tuple[str, ...] = (),
-                   out: str | Path | None = None) -> list[dict]:
+                   out: str | Path | None = None, allocator_ab: bool = False) -> list[dict]:
     """Alternate every case ``rounds`` times; returns (and appends) one row per case."""
     work = Path(tempfile.mkdtemp(prefix="dreamfleet-peer-"))
     photos = work / "photos"
     make_photos(photos, images, (JOB["width"], JOB["height"]))
-    todo = cases(precisions)
+    todo = cases(precisions, allocator_ab)
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in todo}
     load_before = os.getloadavg()
     for r in range(rounds):
         for name, batch, precision in todo:
             dest = work / f"out-{name}"
-            res = run_peer(photos, dest, threads) if batch == 0 else run_dreamfleet(photos, dest, batch, threads,
-                                                                                    precision)
+            res = run_peer(photos, dest, threads) if batch == 0 else run_dreamfleet(
+                photos, dest, batch, threads, precision, cache=not name.endswith("-nocache"))
             runs[name].append(res)
             log.info("round %d %-18s %.4f images/s (%.1f s, %.1f CPU s, load %s)", r + 1, name,
                      res["images"] / res["seconds"], res["seconds"], res["cpu_seconds"],

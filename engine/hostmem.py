@@ -29,10 +29,11 @@ import logging
 import os
 import sys
 
-__all__ = ["THP_ENV", "bound_host_allocator", "cache_host_allocations", "enable_huge_pages", "huge_pages_active"]
+__all__ = ["CACHE_ENV", "THP_ENV", "bound_host_allocator", "cache_host_allocations", "enable_huge_pages", "huge_pages_active"]
 
 log = logging.getLogger(__name__)
 
+CACHE_ENV = "DREAMFLEET_CACHE_HOST_ALLOCATIONS"  # "0": keep glibc's defaults in an untiled CPU dream
 THP_ENV = "THP_MEM_ALLOC_ENABLE"  # read by c10's CPU allocator (alloc_cpu.cpp), once per process
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc mallopt parameters
 _GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX
@@ -87,8 +88,12 @@ def cache_host_allocations() -> bool:
 
     For the untiled CPU dream, whose every step allocates and frees the same activation sizes
     (see the module docstring for the measured page faults it saves). Returns False where there is
-    no glibc (nothing changes); :func:`bound_host_allocator` undoes it.
+    no glibc (nothing changes) or when ``DREAMFLEET_CACHE_HOST_ALLOCATIONS=0`` (glibc's defaults kept);
+    :func:`bound_host_allocator` undoes it.
     """
+    if os.environ.get(CACHE_ENV, "1") == "0":
+        log.info("%s=0: glibc's default allocator settings kept", CACHE_ENV)
+        return False
     return _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))  # -1: never trim
 
 
