@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -157,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     peer = PeerDream(args.octaves, args.octave_scale, args.iterations, shift=args.jitter)
     args.output.mkdir(parents=True, exist_ok=True)
     paths = sorted(q for q in args.inputs.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, flt0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for q in paths:
         out = peer.dream(load_rgb(q))
         cv2.imwrite(str(args.output / f"{q.stem}.png"), (out[:, :, ::-1] * 255).astype(np.uint8))
     work, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     print(json.dumps({"images": len(paths), "work_seconds": round(work, 3), "work_cpu_seconds": round(cpu, 3),
+                      "work_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt0,
                       "torch_threads": torch.get_num_threads(),
                       "octave_shapes": [peer.level_shape(load_rgb(paths[0]).shape[:2], lv)
                                         for lv in range(args.octaves)] if paths else []}))

@@ -73,6 +73,7 @@ def run_peer(photos: Path, out: Path, threads: int) -> dict:
            "--iterations", str(JOB["iterations"]), "--jitter", str(JOB["jitter"])]
     res = json.loads(_child(cmd, threads).stdout.strip().splitlines()[-1])
     return {"seconds": res["work_seconds"], "cpu_seconds": res["work_cpu_seconds"], "images": res["images"],
+            "page_faults": res["work_page_faults"],
             "octave_shapes": res["octave_shapes"]}
 
 
@@ -94,6 +95,7 @@ def run_dreamfleet(photos: Path, out: Path, batch: int, threads: int, precision:
     if t["done"] != t["images"]:
         raise RuntimeError(f"dreamfleet dream: {t['done']} of {t['images']} images done")
     return {"seconds": t["work_seconds"], "cpu_seconds": report.get("work_cpu_seconds"), "images": t["done"],
+            "page_faults": report.get("work_page_faults"),
             "backend": report.get("backend")}
 
 
@@ -113,6 +115,7 @@ def summarize(name: str, runs: list[dict], peer_runs: list[dict]) -> dict:
             "vs_peer_rounds": [round(v, 3) for v in ratios],
             # CPU seconds per image (all threads) and cores kept busy: robust to other processes' load
             "cpu_s_per_image": round(statistics.median(r["cpu_seconds"] / r["images"] for r in runs), 3),
+            "page_faults_per_image": int(statistics.median(r["page_faults"] / r["images"] for r in runs)),
             "cores_busy": round(statistics.median(r["cpu_seconds"] / r["seconds"] for r in runs), 2),
             "vs_peer_cpu": round(statistics.median(p["cpu_seconds"] / r["cpu_seconds"] * r["images"] / p["images"]
                                                    for r, p in zip(runs, peer_runs)), 3)}
@@ -133,8 +136,8 @@ def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precision
             res = run_peer(photos, dest, threads) if batch == 0 else run_dreamfleet(
                 photos, dest, batch, threads, precision, cache=not name.endswith("-nocache"))
             runs[name].append(res)
-            log.info("round %d %-18s %.4f images/s (%.1f s, %.1f CPU s, load %s)", r + 1, name,
-                     res["images"] / res["seconds"], res["seconds"], res["cpu_seconds"],
+            log.info("round %d %-21s %.4f images/s (%.1f s, %.1f CPU s, %d page faults, load %s)", r + 1, name,
+                     res["images"] / res["seconds"], res["seconds"], res["cpu_seconds"], res["page_faults"],
                      [round(v, 2) for v in os.getloadavg()])
     info, flags = hardware.cpu_flags()
     env = dict(hardware.environment(torch.device("cpu")), cpu_model=info.get("model name"),
@@ -155,11 +158,12 @@ def table(rows: list[dict]) -> str:
     cpu = rows[0]["env"].get("cpu_model") if rows else "?"
     lines = [f"peer comparison on {cpu}, {rows[0]['threads'] if rows else '?'} torch threads",
              "| case | images/s (median) | per round | vs the peer (median) | per round | CPU s/image | cores busy "
-             "| vs the peer, CPU time |", "|---|---|---|---|---|---|---|---|"]
+             "| vs the peer, CPU time | page faults/image |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['images_per_s']:.4f} | {', '.join(f'{v:.4f}' for v in r['images_per_s_rounds'])}"
                      f" | {r['vs_peer']:.2f}x | {', '.join(f'{v:.2f}' for v in r['vs_peer_rounds'])} "
-                     f"| {r['cpu_s_per_image']:.2f} | {r['cores_busy']:.2f} | {r['vs_peer_cpu']:.2f}x |")
+                     f"| {r['cpu_s_per_image']:.2f} | {r['cores_busy']:.2f} | {r['vs_peer_cpu']:.2f}x "
+                     f"| {r['page_faults_per_image']} |")
     return "\n".join(lines)
 
 
