@@ -3,6 +3,7 @@ the bf16-on-emulation warning, and the peer harness's algorithm pieces."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,25 @@ def test_peer_harness_pieces_follow_the_peer():
     assert [peer.level_shape((192, 256), lv) for lv in range(4)] == [(70, 93), (98, 131), (137, 183), (192, 256)]
     out = PeerDream(pyramid_size=2, iterations=1, shift=4).dream(np.full((40, 48, 3), 0.5, np.float32))
     assert out.shape == (40, 48, 3) and out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_peer_bench_cases_command_and_per_round_ratios():
+    from dreamfleet.benchmarks.peer_bench import cases, dream_command, summarize, table
+
+    assert [c[0] for c in cases(())] == ["peer", "dreamfleet-b1", "dreamfleet-b8"]
+    assert [c[0] for c in cases(("fp32", "auto"), allocator_ab=True)][3:] == [
+        "dreamfleet-b1-nocache", "dreamfleet-b8-nocache", "dreamfleet-b8-auto"]
+    cmd = " ".join(dream_command(Path("in"), Path("out"), 8, 2, "auto"))
+    for part in ("dream in -o out", "--model vgg16 --layer features.22 --random-weights", "--octaves 4",
+                 "--octave-scale 1.4", "--iterations 10", "--jitter 32", "--smooth gaussian", "--batch-size 8",
+                 "--threads 2", "--precision auto", "--device cpu"):
+        assert part in cmd, part
+    peer = [dict(images=8, seconds=80.0, cpu_seconds=160.0, page_faults=800), dict(images=8, seconds=40.0,
+                                                                                    cpu_seconds=80.0, page_faults=800)]
+    ours = [dict(images=8, seconds=40.0, cpu_seconds=40.0, page_faults=0), dict(images=8, seconds=40.0,
+                                                                                 cpu_seconds=40.0, page_faults=0)]
+    row = summarize("dreamfleet-b8", ours, peer)
+    assert row["vs_peer_rounds"] == [2.0, 1.0] and row["vs_peer"] == 1.5  # ratios within each round, then the median
+    assert row["cpu_s_per_image"] == 5.0 and row["cores_busy"] == 1.0 and row["page_faults_per_image"] == 0
+    row.update(env={"cpu_model": "AMD EPYC"}, threads=2)
+    assert "| dreamfleet-b8 | 0.2000 |" in table([row]) and "AMD EPYC" in table([row])
