@@ -77,6 +77,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--io-threads", type=int, default=0, help="--pipeline: decode/write threads (default: 0 = cores)")
     g.add_argument("--tiled", action="store_true", help="--pipeline: the tile scheduler's version (2400x1600 JPEGs "
                    "dreamed at full size, --tile 512; --images default 6)")
+    g = p.add_argument_group("peer (dreamfleet against pytorch-deepdream on the same job, issue 17)")
+    g.add_argument("--peer", action="store_true", help="alternate our harness of pytorch-deepdream's loop with "
+                   "`dreamfleet dream` at batch 1 and 8 (VGG16 relu4_3, 256x192, 4 octaves x 10 iterations; "
+                   "--repeats rounds, default 3; --images photos, default 8) -> results/peer.jsonl")
+    g.add_argument("--precisions", type=_names, default=(), metavar="A,B",
+                   help="--peer: also batch 8 at these precisions (e.g. auto,bf16)")
+    g.add_argument("--threads", type=int, default=2, help="--peer: torch threads in every case (default: 2)")
+    g.add_argument("--allocator-ab", action="store_true", help="--peer: also batch 1 and 8 with glibc's default "
+                   "allocator settings (DREAMFLEET_CACHE_HOST_ALLOCATIONS=0), the state before issue 17's fix")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -122,6 +131,12 @@ def handle(args: argparse.Namespace) -> int:
         row = run_video_bench(args.clips, args.frames, repeats=args.repeats or 2, device=device, results=Path(out),
                               strip=Path(args.strip) if args.strip else None)
         print(format_row(row))
+        return 0
+    if args.peer:
+        from .peer_bench import run_peer_bench, table
+
+        print(table(run_peer_bench(args.repeats or 3, args.images or 8, args.threads, args.precisions, out,
+                                   args.allocator_ab)))
         return 0
     if args.pipeline and args.tiled:
         from .tiled_pipeline import format_row, run_tiled_pipeline_bench

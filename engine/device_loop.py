@@ -25,6 +25,7 @@ from .backends.base import Backend, is_oom
 from .backends.eager import loop_dtype, resolve_device
 from .build import DreamModel, build_dream_model_for
 from .config import DreamConfig
+from .hostmem import cache_host_allocations
 from .imageio import ImageLoadError, WorkingImage, encode_image, load_image, load_working_image
 from .loop import dream_tensor
 from .models import get_spec
@@ -82,6 +83,8 @@ class DeviceLoop:
         # inputs/outputs may be object-store URLs: read/written here; the guard stops a job whose writes keep failing
         self.storage = WriteGuard(Storage.for_config(cfg))
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu" and not cfg.tile:  # steps reuse freed activations: no page faults (issue 17)
+            cache_host_allocations()
         guide = self._load_guide() if cfg.guide else None
         self.dm = build_dream_model_for(cfg, guide)
         self.backend = backend_factory(self.dm, cfg, self.device)

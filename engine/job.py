@@ -254,12 +254,14 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, back
             report.extra["weights"] = runner.dm.weights_info
             try:
                 runner.prepare(plan.shapes)
-                t_work = time.perf_counter()
+                t_work, cpu_work, faults = time.perf_counter(), time.process_time(), _page_faults()
                 bar = _progress(sum(i.frames or 1 for i in plan.todo), progress)  # a video counts its frames
                 runner.process(plan.todo, on_record=lambda r: (report.add(r), r.video or bar.update(1)),  # nothing accumulates
                                on_frames=bar.update)
                 bar.close()
                 report.work_seconds = time.perf_counter() - t_work
+                report.extra["work_cpu_seconds"] = round(time.process_time() - cpu_work, 3)  # all threads: cores busy
+                report.extra["work_page_faults"] = _page_faults() - faults  # minor faults: memory touched afresh
                 report.extra["io_threads"] = runner.io_threads
                 report.extra["host_ms_per_image"] = runner.stages.per_image_ms()  # summed over threads
                 stop_if_tripped(report, runner.storage.cause)
@@ -267,6 +269,15 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, back
                 runner.close()
         report.write()
     return report
+
+
+def _page_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _progress(total: int, enabled: bool | None):
