@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dreamfleet.engine.hostmem import CACHE_ENV
+from dreamfleet.engine.hostmem import CACHE_ENV, THP_ENV
 
 from . import hardware
 from .rows import append_rows
@@ -147,7 +147,8 @@ def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precision
         row = summarize(name, runs[name], runs["peer"])
         row.update(bench="peer", batch_size=batch or 1, precision=precision, rounds=rounds, images=images,
                    threads=threads, job=JOB, peer_octave_shapes=runs["peer"][0]["octave_shapes"],
-                   backend=runs[name][0].get("backend"), load_avg_before=[round(v, 2) for v in load_before],
+                   backend=runs[name][0].get("backend"), thp_env_inherited=os.environ.get(THP_ENV),
+                   load_avg_before=[round(v, 2) for v in load_before],
                    load_avg_after=[round(v, 2) for v in os.getloadavg()], env=env, timestamp=hardware.now_utc())
         rows.append(row)
     append_rows(Path(out or Path("benchmarks") / "results") / "peer.jsonl", rows)
