@@ -103,6 +103,8 @@ class VideoEncoder:
         self.rotation = info.rotation
         self.frames, self.last_pts = 0, None
         self._durations: dict[int, int] = {}  # pts -> duration of frames the encoder still holds
+        self._first_pts: int | None = None
+        self._last_duration = 1
         self._workdir = Path(tempfile.mkdtemp(prefix="dreamfleet-encode-"))
         self._video_tmp = self._workdir / "video.mp4"
         self._out = av.open(str(self._video_tmp), "w", format=OUTPUT_FORMAT,
@@ -127,7 +129,8 @@ class VideoEncoder:
     def write(self, rgb: np.ndarray, pts: int, duration: int | None = None) -> None:
         """Encode one upright frame [H, W, 3] uint8 (H, W >= the output size) at ``pts`` (source time base).
 
-        ``duration`` (``Frame.duration``) keeps the last frame's display time, hence the clip's duration.
+        ``duration`` (``Frame.duration``) keeps the last frame's display time, hence the clip's duration;
+        without it a frame lasts as long as the gap before it (one frame at the stream's rate for the first).
         """
         import av
 
@@ -140,19 +143,43 @@ class VideoEncoder:
         vf = av.VideoFrame.from_ndarray(img, format="rgb24")
         vf = vf.reformat(format=PIX_FMT, dst_colorspace="ITU709", dst_color_range="MPEG")
         vf.pts, vf.time_base = pts, self.info.time_base
+        if not duration:  # unknown: as long as the gap before it (VFR), or one frame at the stream's rate
+            rate = self.info.rate
+            duration = (pts - self.last_pts if self.last_pts is not None
+                        else int(round(1 / (rate * self.info.time_base))) if rate else None)
         if duration:
             self._durations[pts] = duration  # until its packet comes out of the encoder (a few frames)
+        if self._first_pts is None:
+            self._first_pts = pts
+        self._last_duration = duration or 1
         self._mux_encoded(self._stream.encode(vf))
         self.frames += 1
         self.last_pts = pts
 
     def _video_packets(self, src, out_stream):
+        """The temporary's video packets for ``out_stream``, with the durations that make the clip end where
+        its last frame stops showing. The MP4 muxer ends the presentation at the largest pts + duration and
+        the track at the last dts + duration (both from the first dts), and the encoder's packets carry
+        decode-order durations: so the last frame's packet gets the last frame's duration, and the last packet
+        in decode order the one that ends the track there too."""
         vs = src.streams.video[0]
+        held, first_dts = None, None
         for packet in src.demux(vs):
             if packet.dts is None:
                 continue
             packet.stream = out_stream
-            yield packet
+            if first_dts is None:
+                first_dts = packet.dts
+            if packet.pts == self.last_pts:
+                packet.duration = self._last_duration
+            if held is not None:
+                yield held
+            held = packet
+        if held is not None:
+            if held.pts != self.last_pts:
+                end = self.last_pts + self._last_duration - self._first_pts  # on the decode timeline
+                held.duration = max(1, end - (held.dts - first_dts))
+            yield held
 
     def _mux_encoded(self, packets) -> None:
         """Mux encoder output into the temporary, each packet lasting as long as its frame (VFR: the
