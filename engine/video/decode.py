@@ -142,6 +142,8 @@ class Decoder:
                 with contextlib.closing(open_input(local)) as container:
                     vs = video_stream(container)
                     vs.codec_context.thread_count = self.threads
+                    if self.threads != 1:
+                        vs.codec_context.thread_type = "AUTO"  # frame + slice threads (0: FFmpeg picks the count)
                     ranked = self._seek(container, vs, local) if attempt == "seek" else None
                     if attempt == "seek" and ranked is None:
                         continue  # nothing to skip, or no usable pts: decode from the beginning
