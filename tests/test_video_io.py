@@ -200,6 +200,9 @@ def test_truncated_file_decodes_partially_and_says_so(tmp_path):
     frames = list(dec)
     assert 0 < len(frames) < 24 and dec.truncated and "of the 24 frames" in dec.error
     assert [f.index for f in frames] == list(range(len(frames)))
+    mkv = Decoder(vf.truncated_mkv(tmp_path / "cut.mkv", n=24, keep=0.6))
+    assert 0 < len(list(mkv)) < 24 and mkv.truncated and "s of the 0.800 s the header lists" in mkv.error
+    assert probe_video(tmp_path / "cut.mkv").estimated_frames == 24  # duration x rate: no count in Matroska
     whole = Decoder(vf.pan_clip(tmp_path / "whole.mp4", n=8, audio=False))
     assert len(list(whole)) == 8 and not whole.truncated and whole.error is None
 

@@ -127,6 +127,16 @@ def truncated_clip(path: Path, n: int = 24, keep: float = 0.6) -> Path:
     return path
 
 
+def truncated_mkv(path: Path, n: int = 24, keep: float = 0.6) -> Path:
+    """A Matroska clip cut short: no frame count in it, but its header states the duration."""
+    full = path.with_name("full-" + path.name)
+    write_clip(full, pan_frames(n), [1001 * t for t in range(n)], Fraction(1, 30000), NTSC)
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
 def broken_clip(path: Path) -> Path:
     """A pan MP4 (index at the end) cut at half: it starts like a video but FFmpeg cannot open it."""
     full = path.with_name("full-" + path.name)

@@ -29,6 +29,7 @@ from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_vide
 
 log = logging.getLogger(__name__)
 
+_HEADER_DURATION = ("matroska", "mov")  # containers whose header states the duration (not estimated)
 MAX_BAD_PACKETS = 50  # more decode failures than this in one file: give up on it as truncated/corrupt
 
 
@@ -157,11 +158,11 @@ class Decoder:
 
         rotation, tb = self.info.rotation, vs.time_base
         step = int(round(1 / (self.info.rate * tb))) if self.info.rate and tb else 1
-        last_pts = None
+        last_pts = last_duration = None
         self.decoded = 0
         for vf in self._frames(container, tb):
             pts = vf.pts if vf.pts is not None else (last_pts + step if last_pts is not None else 0)
-            last_pts = pts
+            last_pts, last_duration = pts, vf.duration or None
             if ranked is not None:
                 index = bisect_left(ranked, pts)
                 if self.decoded == 0 and index > self.start:
@@ -175,11 +176,25 @@ class Decoder:
             if self.stop is not None and index >= self.stop:
                 return True
             yield Frame(index, pts, tb, self._rgb(vf, rotation), vf.duration or None)
-        expected = self.info.frames
-        if not self.truncated and expected and self.decoded < expected:
-            bad = f" ({self.bad_packets} packet(s) failed to decode)" if self.bad_packets else ""
-            self._note_end(f"decoded {self.decoded} of the {expected} frames the header lists{bad}")
+        if not self.truncated and (self.stop is None or self.decoded < self.stop):
+            self._check_complete(last_pts, last_duration, tb)
         return True
+
+    def _check_complete(self, last_pts: int | None, last_duration: int | None, tb: Fraction) -> None:
+        """Note a file cut short: fewer frames than the header lists, or (Matroska/WebM, which list no frame
+        count) frames that end well before the duration the header states."""
+        bad = f" ({self.bad_packets} packet(s) failed to decode)" if self.bad_packets else ""
+        info = self.info
+        if info.frames:
+            if self.decoded < info.frames:
+                self._note_end(f"decoded {self.decoded} of the {info.frames} frames the header lists{bad}")
+            return
+        if info.duration is None or last_pts is None or info.container.split(",")[0] not in _HEADER_DURATION:
+            return  # MPEG-TS and the like: nothing says how long the clip should be
+        frame = float(last_duration * tb) if last_duration else (float(1 / info.rate) if info.rate else 0.04)
+        end = float((last_pts - info.start_pts) * tb) + frame
+        if end < info.duration - 1.5 * frame:
+            self._note_end(f"decoded {end:.3f} s of the {info.duration:.3f} s the header lists{bad}")
 
 
 def iter_frames(path, storage: Storage | None = None, start: int = 0, stop: int | None = None,

@@ -64,6 +64,15 @@ class VideoInfo:
     bit_rate: int | None = None
 
     @property
+    def estimated_frames(self) -> int | None:
+        """The header's frame count, else duration x rate (Matroska/WebM list no count): for progress and ETA."""
+        if self.frames:
+            return self.frames
+        if self.duration and self.rate:
+            return max(1, round(self.duration * self.rate))
+        return None
+
+    @property
     def display_size(self) -> tuple[int, int]:
         """(W, H) as shown: swapped for a quarter-turn rotation."""
         return (self.height, self.width) if abs(self.rotation) % 180 == 90 else (self.width, self.height)
