@@ -123,6 +123,20 @@ def test_odd_size_is_cropped_to_even_and_codecs_listed(pan, tmp_path):
         VideoEncoder(tmp_path / "x.mp4", info, (96, 64), codec="no-such-codec")
 
 
+def test_encoder_writes_beside_the_destination_and_abort_leaves_nothing(pan, tmp_path):
+    from dreamfleet.engine.atomic import TMP_SUFFIX
+
+    enc = VideoEncoder(tmp_path / "sub" / "out.mp4", probe_video(pan), (96, 64))
+    for f in iter_frames(pan, stop=2):
+        enc.write(f.rgb, f.pts)
+    with pytest.raises(ValueError, match="out of order"):
+        enc.write(f.rgb, f.pts)
+    names = [p.name for p in (tmp_path / "sub").iterdir()]
+    assert len(names) == 1 and names[0].endswith(TMP_SUFFIX)  # the video so far: a recognized temporary
+    enc.abort()
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
 def test_frame_range_keeps_its_audio_span(pan, tmp_path):
     info = probe_video(pan)
     enc = VideoEncoder(tmp_path / "part.mp4", info, info.display_size, codec="libx265", crf=28)

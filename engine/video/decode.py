@@ -2,7 +2,9 @@
 
 ``Decoder`` yields :class:`Frame` objects in presentation order. ``rgb`` is the frame as
 displayed: the container's rotation (a phone clip's display matrix) is applied, so the dream
-sees the picture upright; ``VideoEncoder`` turns it back and keeps the metadata. ``size``
+sees the picture upright; ``VideoEncoder`` turns it back and keeps the metadata. YUV is converted with
+the frame's own matrix; an untagged frame gets BT.709 when HD (>= 1280 wide or > 576 high), else BT.601,
+as players assume (the output is tagged BT.709, so it looks as the source did). ``size``
 (W, H, display orientation) resizes in FFmpeg's scaler (area filter) before the RGB array exists.
 
 ``start > 0`` seeks: the packets' pts are read once (no decoding) to rank the frames, then the decoder
@@ -30,6 +32,7 @@ from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_vide
 log = logging.getLogger(__name__)
 
 _HEADER_DURATION = ("matroska", "mov")  # containers whose header states the duration (not estimated)
+_UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED
 MAX_BAD_PACKETS = 50  # more decode failures than this in one file: give up on it as truncated/corrupt
 
 
@@ -76,7 +79,11 @@ class Decoder:
         w = h = None
         if self.size is not None:
             w, h = self.size if abs(rotation) % 180 != 90 else self.size[::-1]  # coded orientation
-        out = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA" if w else None)
+        src_cs = None
+        if frame.colorspace == _UNSPECIFIED:  # untagged: guess as players do (mpv, browsers): HD is BT.709
+            src_cs = "ITU709" if frame.width >= 1280 or frame.height > 576 else "ITU601"
+        out = frame.reformat(width=w, height=h, format="rgb24", src_colorspace=src_cs,
+                             interpolation="AREA" if w else None)
         return upright(out.to_ndarray(), rotation)  # [H, W, 3] uint8
 
     def _note_end(self, reason: str) -> None:

@@ -106,7 +106,11 @@ class VideoEncoder:
         self._first_pts: int | None = None
         self._last_duration = 1
         self._workdir = Path(tempfile.mkdtemp(prefix="dreamfleet-encode-"))
-        self._video_tmp = self._workdir / "video.mp4"
+        if isinstance(self.dest, Path):  # beside the destination (a long clip may not fit /tmp); a killed
+            self.dest.parent.mkdir(parents=True, exist_ok=True)  # run's leftover is a recognized temporary
+            self._video_tmp = temporary_for(self.dest)
+        else:
+            self._video_tmp = self._workdir / "video.mp4"
         self._out = av.open(str(self._video_tmp), "w", format=OUTPUT_FORMAT,
                             options=self._track_options())
         w, h = self.size if abs(self.rotation) % 180 != 90 else self.size[::-1]  # coded orientation
@@ -227,7 +231,6 @@ class VideoEncoder:
             if self.frames == 0:
                 raise ValueError(f"no frames were written for {self.dest}")
             if isinstance(self.dest, Path):
-                self.dest.parent.mkdir(parents=True, exist_ok=True)
                 final = temporary_for(self.dest)
             else:
                 final = self._workdir / f"final.{OUTPUT_FORMAT}"
@@ -238,7 +241,7 @@ class VideoEncoder:
                 if final.exists():
                     final.unlink()
         finally:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._drop_temporaries()
         return dict(codec=self.codec, crf=self.crf, pix_fmt=PIX_FMT, container=OUTPUT_FORMAT, faststart=True,
                     width=self.size[0], height=self.size[1], rotation=self.rotation, frames=self.frames,
                     time_base=str(self.info.time_base), audio=_audio_summary(audio), audio_streams=audio)
@@ -256,6 +259,10 @@ class VideoEncoder:
         """Drop everything written so far (the destination is untouched)."""
         with contextlib.suppress(Exception):
             self._out.close()
+        self._drop_temporaries()
+
+    def _drop_temporaries(self) -> None:
+        self._video_tmp.unlink(missing_ok=True)
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
