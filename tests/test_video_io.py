@@ -126,7 +126,7 @@ def test_odd_size_is_cropped_to_even_and_codecs_listed(pan, tmp_path):
 def test_encoder_writes_beside_the_destination_and_abort_leaves_nothing(pan, tmp_path):
     from dreamfleet.engine.atomic import TMP_SUFFIX
 
-    enc = VideoEncoder(tmp_path / "sub" / "out.mp4", probe_video(pan), (96, 64))
+    enc = VideoEncoder(tmp_path / "sub" / "out.mp4", probe_video(pan), (96, 64), preset="ultrafast")  # no lookahead
     for f in iter_frames(pan, stop=2):
         enc.write(f.rgb, f.pts)
     with pytest.raises(ValueError, match="out of order"):
