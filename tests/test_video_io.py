@@ -96,6 +96,23 @@ def test_variable_frame_rate_and_time_base_kept(make, tmp_path):
         assert len({b - a for a, b in zip(src_t, src_t[1:])}) == 3  # really variable: 20, 40, 60 ms
 
 
+@pytest.mark.parametrize("ext,vcodec,acodec", [("mkv", "libx264", "aac"), ("webm", "libvpx-vp9", "libopus"),
+                                               ("avi", "mpeg4", "libmp3lame"), ("mov", "libx264", "aac")])
+def test_every_input_container_round_trips_with_its_audio(ext, vcodec, acodec, tmp_path):
+    src = vf.write_clip(tmp_path / f"in.{ext}", vf.pan_frames(8), [1001 * t for t in range(8)],
+                        Fraction(1, 30000), vf.NTSC, codec=vcodec, audio=acodec)
+    dec = Decoder(src)
+    assert len(list(dec)) == 8 and not dec.truncated  # the audio runs longer: not a cut-short video
+    facts = roundtrip(src, tmp_path / "out.mp4")
+    assert facts["audio"] == "copied" and times(tmp_path / "out.mp4") == times(src)
+
+    def audio(path):
+        with av.open(str(path)) as c:
+            return [(p.pts * p.time_base, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
+
+    assert audio(tmp_path / "out.mp4") == audio(src)  # same bytes at the same times (time bases differ)
+
+
 def test_rotation_kept_and_frames_upright(tmp_path):
     src = vf.rotated_clip(tmp_path / "rot.mp4", rotation=90)
     info = probe_video(src)

@@ -31,7 +31,6 @@ from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_vide
 
 log = logging.getLogger(__name__)
 
-_HEADER_DURATION = ("matroska", "mov")  # containers whose header states the duration (not estimated)
 _UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED
 MAX_BAD_PACKETS = 50  # more decode failures than this in one file: give up on it as truncated/corrupt
 
@@ -188,16 +187,18 @@ class Decoder:
         return True
 
     def _check_complete(self, last_pts: int | None, last_duration: int | None, tb: Fraction) -> None:
-        """Note a file cut short: fewer frames than the header lists, or (Matroska/WebM, which list no frame
-        count) frames that end well before the duration the header states."""
+        """Note a file cut short: an MP4/MOV with fewer frames than its sample table lists, or a Matroska/WebM
+        clip (no frame count) whose frames end well before the video duration it states. Other containers
+        (MPEG-TS; AVI, whose count includes dropped-frame placeholders) say nothing reliable."""
         bad = f" ({self.bad_packets} packet(s) failed to decode)" if self.bad_packets else ""
         info = self.info
-        if info.frames:
+        family = info.container.split(",")[0]
+        if family == "mov" and info.frames:
             if self.decoded < info.frames:
                 self._note_end(f"decoded {self.decoded} of the {info.frames} frames the header lists{bad}")
             return
-        if info.duration is None or last_pts is None or info.container.split(",")[0] not in _HEADER_DURATION:
-            return  # MPEG-TS and the like: nothing says how long the clip should be
+        if family != "matroska" or info.duration_from not in ("stream", "tag") or last_pts is None:
+            return
         frame = float(last_duration * tb) if last_duration else (float(1 / info.rate) if info.rate else 0.04)
         end = float((last_pts - info.start_pts) * tb) + frame
         if end < info.duration - 1.5 * frame:

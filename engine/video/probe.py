@@ -62,6 +62,7 @@ class VideoInfo:
     container: str = ""
     start_pts: int = 0  # pts of the first decoded frame
     bit_rate: int | None = None
+    duration_from: str = ""  # "stream" | "tag" (stated for the video) | "container" (maybe audio's, or estimated)
 
     @property
     def estimated_frames(self) -> int | None:
@@ -168,6 +169,25 @@ def _audio_facts(container) -> list[dict]:
                  frames=s.frames or None) for s in container.streams.audio]
 
 
+def _duration(vs, container) -> tuple[float | None, str]:
+    """(seconds, where from): the stream's own duration, else its DURATION tag (Matroska), else the
+    container's (which may include a longer audio track, or be estimated from the bit rate)."""
+    import av
+
+    if vs.duration is not None and vs.duration > 0:
+        return float(vs.duration * vs.time_base), "stream"
+    tag = vs.metadata.get("DURATION") or vs.metadata.get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec), "tag"
+        except ValueError:
+            pass
+    if container.duration is not None:
+        return container.duration / av.time_base, "container"
+    return None, ""
+
+
 def probe_video(path, storage: Storage | None = None) -> VideoInfo:
     """Facts about the video at ``path`` (local or URL); decodes its first frame. Raises VideoLoadError."""
     import av
@@ -181,18 +201,14 @@ def probe_video(path, storage: Storage | None = None) -> VideoInfo:
             raise VideoLoadError(f"cannot decode the first frame ({why}): broken, or cut short") from None
         if first is None:
             raise VideoLoadError("the video stream has no decodable frame")
-        duration = None
-        if vs.duration is not None:
-            duration = float(vs.duration * vs.time_base)
-        elif c.duration is not None:
-            duration = c.duration / av.time_base
+        duration, duration_from = _duration(vs, c)
         cc = vs.codec_context
         return VideoInfo(
             width=first.width, height=first.height, rotation=int(round(first.rotation or 0)),
             frames=vs.frames or None, time_base=vs.time_base,
             rate=vs.average_rate or vs.guessed_rate or None, duration=duration, codec=cc.name,
             pix_fmt=first.format.name, audio=_audio_facts(c), container=c.format.name,
-            start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None)
+            start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None, duration_from=duration_from)
 
 
 __all__ = ["SNIFF_BYTES", "VIDEO_EXTENSIONS", "VideoInfo", "VideoLoadError", "is_video_name", "local_copy",
