@@ -263,6 +263,32 @@ def test_flow_recovers_pan_and_flags_the_entering_border():
     assert err < 0.3 * np.abs(prev.astype(np.int16) - cur)[pair.reliable].mean()  # the warp lines prev up
 
 
+def test_reliability_equals_the_plain_numpy_formula():
+    """The allocation-free check against Sundaram et al.'s formulas written out with np.gradient."""
+    import cv2
+
+    from dreamfleet.engine.video.flow import CONSISTENCY, MOTION_EDGE, reliability
+
+    prev, cur = vf.pan_frames(2, size=(128, 96), step=3)
+    g0, g1 = cv2.cvtColor(prev, cv2.COLOR_RGB2GRAY), cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    back, fwd = dis.calc(g1, g0, None), dis.calc(g0, g1, None)
+    back[40:60, 50:70] += 4.0  # a patch that disagrees with the forward flow, and its motion boundary
+    h, w = back.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xs + back[..., 0], ys + back[..., 1]
+    f_at = warp_np(fwd, back)
+    a, c = CONSISTENCY
+    agree = ((back + f_at) ** 2).sum(-1) <= a * ((back ** 2).sum(-1) + (f_at ** 2).sum(-1)) + c
+    grads = [g for ch in (0, 1) for g in np.gradient(back[..., ch])]
+    ea, eb = MOTION_EDGE
+    edge = sum(g ** 2 for g in grads) > ea * (back ** 2).sum(-1) + eb
+    ref = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1) & agree & ~edge
+    got = reliability(back, fwd)
+    inner = (slice(1, -1), slice(1, -1))  # np.gradient is one-sided on the outermost pixels
+    assert (got[inner] == ref[inner]).mean() > 0.999 and not got[42:58, 52:68].any() and ref.mean() > 0.5
+
+
 def test_flow_on_a_smaller_copy_is_scaled_back_up():
     prev, cur = vf.pan_frames(2, size=(256, 160), step=4)
     pair = FlowEstimator("fast", max_side=128)(prev, cur)
