@@ -138,6 +138,8 @@ def test_odd_size_is_cropped_to_even_and_codecs_listed(pan, tmp_path):
     assert "choose one of ['libx264'" in check_codec("no-such-codec")
     with pytest.raises(ValueError, match="libx264"):
         VideoEncoder(tmp_path / "x.mp4", info, (96, 64), codec="no-such-codec")
+    with pytest.raises(ValueError, match="crf 52 is out of range for libx264: 0..51"):
+        VideoEncoder(tmp_path / "x.mp4", info, (96, 64), crf=52)
 
 
 def test_encoder_writes_beside_the_destination_and_abort_leaves_nothing(pan, tmp_path):

@@ -70,7 +70,15 @@ def even_size(size: tuple[int, int]) -> tuple[int, int]:
     return max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)
 
 
+def crf_range(codec: str) -> tuple[int, int]:
+    """The constant-quality values ``codec`` accepts (lower is better)."""
+    return (0, 63) if codec in ("libsvtav1", "libvpx-vp9") else (0, 51)
+
+
 def _codec_options(codec: str, crf: int, preset: str | None) -> dict:
+    lo, hi = crf_range(codec)
+    if not lo <= crf <= hi:
+        raise ValueError(f"crf {crf} is out of range for {codec}: {lo}..{hi}")
     opts = {}
     key = _QUALITY_OPTION.get(codec)
     if key == "qscale":
@@ -274,4 +282,4 @@ def _audio_summary(facts: list[str]) -> str:
     return changed[0] if changed else "copied"
 
 
-__all__ = ["OUTPUT_FORMAT", "PIX_FMT", "VideoEncoder", "available_codecs", "check_codec", "even_size"]
+__all__ = ["OUTPUT_FORMAT", "PIX_FMT", "VideoEncoder", "available_codecs", "check_codec", "crf_range", "even_size"]
