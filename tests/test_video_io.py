@@ -140,6 +140,7 @@ def test_odd_size_is_cropped_to_even_and_codecs_listed(pan, tmp_path):
         VideoEncoder(tmp_path / "x.mp4", info, (96, 64), codec="no-such-codec")
     with pytest.raises(ValueError, match="crf 52 is out of range for libx264: 0..51"):
         VideoEncoder(tmp_path / "x.mp4", info, (96, 64), crf=52)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.mp4"]  # nothing left by the refused encoders
 
 
 def test_encoder_writes_beside_the_destination_and_abort_leaves_nothing(pan, tmp_path):

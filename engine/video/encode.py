@@ -105,6 +105,7 @@ class VideoEncoder:
 
         if codec not in available_codecs():
             raise ValueError(f"video codec {codec!r} is not available; choose one of {available_codecs()}")
+        options = _codec_options(codec, crf, preset)  # checks crf before anything is created
         self.dest, self.info, self.codec, self.crf = location(dest), info, codec, crf
         self.storage = storage
         self.size = even_size(size)  # display orientation
@@ -122,7 +123,7 @@ class VideoEncoder:
         self._out = av.open(str(self._video_tmp), "w", format=OUTPUT_FORMAT,
                             options=self._track_options())
         w, h = self.size if abs(self.rotation) % 180 != 90 else self.size[::-1]  # coded orientation
-        vs = self._out.add_stream(codec, rate=info.rate or None, options=_codec_options(codec, crf, preset))
+        vs = self._out.add_stream(codec, rate=info.rate or None, options=options)
         vs.width, vs.height, vs.pix_fmt = w, h, PIX_FMT
         vs.time_base = info.time_base
         vs.codec_context.time_base = info.time_base
