@@ -12,6 +12,7 @@ pytest.importorskip("cv2")
 
 import av  # noqa: E402
 import video_fixtures as vf  # noqa: E402
+from video_fixtures import audio_packets, roundtrip, times  # noqa: E402
 
 from dreamfleet.engine.imageio import ImageLoadError  # noqa: E402
 from dreamfleet.engine.inputs import discover, output_path  # noqa: E402
@@ -19,25 +20,6 @@ from dreamfleet.engine.video.decode import Decoder, iter_frames  # noqa: E402
 from dreamfleet.engine.video.encode import VideoEncoder, available_codecs, check_codec  # noqa: E402
 from dreamfleet.engine.video.flow import FlowEstimator, flow_pair, warp_np, with_flow  # noqa: E402
 from dreamfleet.engine.video.probe import VideoLoadError, probe_video, sniff_video  # noqa: E402
-
-
-def roundtrip(src, dest, size=None, **enc):
-    """Decode ``src`` and encode every frame unchanged into ``dest`` (audio from ``src``); the record facts."""
-    info = probe_video(src)
-    encoder = VideoEncoder(dest, info, size or info.display_size, **enc)
-    for f in iter_frames(src):
-        encoder.write(f.rgb, f.pts, f.duration)
-    return encoder.close(audio_from=src)
-
-
-def times(path) -> list[Fraction]:
-    """Every frame's presentation time in seconds, exactly (pts * time base)."""
-    return [f.pts * f.time_base for f in iter_frames(path)]
-
-
-def audio_packets(path) -> list[tuple]:
-    with av.open(str(path)) as c:
-        return [(p.pts, p.dts, p.duration, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +87,7 @@ def test_every_input_container_round_trips_with_its_audio(ext, vcodec, acodec, t
     assert len(list(dec)) == 8 and not dec.truncated  # the audio runs longer: not a cut-short video
     facts = roundtrip(src, tmp_path / "out.mp4")
     assert facts["audio"] == "copied" and times(tmp_path / "out.mp4") == times(src)
-
-    def audio(path):
-        with av.open(str(path)) as c:
-            return [(p.pts * p.time_base, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
-
-    assert audio(tmp_path / "out.mp4") == audio(src)  # same bytes at the same times (time bases differ)
+    assert audio_packets(tmp_path / "out.mp4", timed=True) == audio_packets(src, timed=True)  # time bases differ
 
 
 def test_rotation_kept_and_frames_upright(tmp_path):
