@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import glob
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -31,6 +32,7 @@ VIDEO_OUTPUT_EXT = ".mp4"
 # never sniffed for video content: text and metadata that sit beside media in folders and buckets
 _NOT_MEDIA = {".json", ".jsonl", ".txt", ".csv", ".md", ".yaml", ".yml", ".xml", ".html", ".py", ".log", ".toml",
               ".srt", ".vtt", ".parquet", ".safetensors", ".onnx", ".pt"}
+_NEVER_SNIFF_DIRS = {".git", ".hg", ".svn", ".dreamfleet", "__pycache__"}  # tool state, never media
 
 
 @dataclass(frozen=True)
@@ -52,21 +54,29 @@ def _head(p: Path | URL, storage: Storage | None) -> bytes:
         return b""
 
 
-def media_kind(p: Path | URL, storage: Storage | None = None, named: bool = False) -> str | None:
-    """"image", "video" or None (not an input): by extension, else by content (see the module doc).
-
-    ``named``: the user named this file, so it is an input whatever it holds (an image by default).
-    """
+def _kind_by_name(p: Path | URL) -> str | None:
+    """"image" or "video" by extension; "?" when only the content can tell; None: not an input."""
     suffix = p.suffix.lower()
-    if p.name.startswith(".") and not named:
+    if p.name.startswith("."):
         return None
     if suffix in VIDEO_EXTENSIONS:
         return "video"
     if suffix in IMAGE_EXTENSIONS:
         return "image"
-    if suffix not in _NOT_MEDIA and sniff_video(_head(p, storage)):
-        return "video"
-    return "image" if named else None
+    if suffix in _NOT_MEDIA or any(part in _NEVER_SNIFF_DIRS for part in p.parts):
+        return None
+    return "?"
+
+
+def media_kind(p: Path | URL, storage: Storage | None = None, named: bool = False) -> str | None:
+    """"image", "video" or None (not an input): by extension, else by content (see the module doc).
+
+    ``named``: the user named this file, so it is an input whatever it holds (an image by default).
+    """
+    kind = _kind_by_name(p)
+    if kind == "?" or (kind is None and named):
+        kind = "video" if sniff_video(_head(p, storage)) else None
+    return kind or ("image" if named else None)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -164,9 +174,15 @@ def _discover_url(u: URL, out_dir, storage: Storage, roots: list, problems: list
 
 
 def _media(paths: list, storage: Storage | None) -> list[tuple]:
-    """[(path, kind)] for the paths that are images or videos (a folder's or glob's files)."""
-    kinds = [(p, media_kind(p, storage)) for p in paths]
-    return [(p, k) for p, k in kinds if k is not None]
+    """[(path, kind)] for the paths that are images or videos (a folder's or glob's files). The files only
+    their content can tell about are read in parallel (one small ranged GET each on an object store)."""
+    kinds = [_kind_by_name(p) for p in paths]
+    unknown = [p for p, k in zip(paths, kinds) if k == "?"]
+    if unknown:
+        with ThreadPoolExecutor(max_workers=min(16, len(unknown))) as pool:
+            sniffed = dict(zip(unknown, pool.map(lambda p: sniff_video(_head(p, storage)), unknown)))
+        kinds = ["video" if k == "?" and sniffed[p] else (None if k == "?" else k) for p, k in zip(paths, kinds)]
+    return [(p, k) for p, k in zip(paths, kinds) if k is not None]
 
 
 def _glob_base(pattern: str) -> Path:

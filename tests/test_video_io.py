@@ -12,6 +12,7 @@ pytest.importorskip("cv2")
 
 import av  # noqa: E402
 import video_fixtures as vf  # noqa: E402
+from video_fixtures import audio_packets, roundtrip, times  # noqa: E402
 
 from dreamfleet.engine.imageio import ImageLoadError  # noqa: E402
 from dreamfleet.engine.inputs import discover, output_path  # noqa: E402
@@ -19,25 +20,6 @@ from dreamfleet.engine.video.decode import Decoder, iter_frames  # noqa: E402
 from dreamfleet.engine.video.encode import VideoEncoder, available_codecs, check_codec  # noqa: E402
 from dreamfleet.engine.video.flow import FlowEstimator, flow_pair, warp_np, with_flow  # noqa: E402
 from dreamfleet.engine.video.probe import VideoLoadError, probe_video, sniff_video  # noqa: E402
-
-
-def roundtrip(src, dest, size=None, **enc):
-    """Decode ``src`` and encode every frame unchanged into ``dest`` (audio from ``src``); the record facts."""
-    info = probe_video(src)
-    encoder = VideoEncoder(dest, info, size or info.display_size, **enc)
-    for f in iter_frames(src):
-        encoder.write(f.rgb, f.pts, f.duration)
-    return encoder.close(audio_from=src)
-
-
-def times(path) -> list[Fraction]:
-    """Every frame's presentation time in seconds, exactly (pts * time base)."""
-    return [f.pts * f.time_base for f in iter_frames(path)]
-
-
-def audio_packets(path) -> list[tuple]:
-    with av.open(str(path)) as c:
-        return [(p.pts, p.dts, p.duration, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +31,7 @@ def test_ntsc_clip_keeps_frames_timing_and_audio_packets(pan, tmp_path):
     facts = roundtrip(pan, tmp_path / "out.mp4")
     src, out = probe_video(pan), probe_video(tmp_path / "out.mp4")
     assert out.frames == src.frames == 24 and out.time_base == src.time_base == Fraction(1, 30000)
-    assert out.rate == Fraction(30000, 1001) and abs(out.duration - src.duration) < 1001 / 30000
+    assert out.rate == Fraction(30000, 1001) and out.duration == src.duration
     assert times(tmp_path / "out.mp4") == times(pan) == [Fraction(1001 * t, 30000) for t in range(24)]
     assert audio_packets(tmp_path / "out.mp4") == audio_packets(pan)  # copied: bytes, pts, dts, durations
     assert facts["audio"] == "copied" and facts["pix_fmt"] == "yuv420p" and facts["codec"] == "libx264"
@@ -87,10 +69,25 @@ def test_variable_frame_rate_and_time_base_kept(make, tmp_path):
     src = make(tmp_path / "in.mp4")  # (ts_pan_clip writes MPEG-TS whatever the name says)
     roundtrip(src, tmp_path / "out.mp4")
     assert times(tmp_path / "out.mp4") == times(src)
-    assert probe_video(tmp_path / "out.mp4").time_base == probe_video(src).time_base
+    out, ref = probe_video(tmp_path / "out.mp4"), probe_video(src)
+    assert out.time_base == ref.time_base
+    if make is vf.vfr_clip:
+        assert out.duration == ref.duration  # the last frame keeps its own display time
     src_t = times(src)
     if make is vf.vfr_clip:
         assert len({b - a for a, b in zip(src_t, src_t[1:])}) == 3  # really variable: 20, 40, 60 ms
+
+
+@pytest.mark.parametrize("ext,vcodec,acodec", [("mkv", "libx264", "aac"), ("webm", "libvpx-vp9", "libopus"),
+                                               ("avi", "mpeg4", "libmp3lame"), ("mov", "libx264", "aac")])
+def test_every_input_container_round_trips_with_its_audio(ext, vcodec, acodec, tmp_path):
+    src = vf.write_clip(tmp_path / f"in.{ext}", vf.pan_frames(8), [1001 * t for t in range(8)],
+                        Fraction(1, 30000), vf.NTSC, codec=vcodec, audio=acodec)
+    dec = Decoder(src)
+    assert len(list(dec)) == 8 and not dec.truncated  # the audio runs longer: not a cut-short video
+    facts = roundtrip(src, tmp_path / "out.mp4")
+    assert facts["audio"] == "copied" and times(tmp_path / "out.mp4") == times(src)
+    assert audio_packets(tmp_path / "out.mp4", timed=True) == audio_packets(src, timed=True)  # time bases differ
 
 
 def test_rotation_kept_and_frames_upright(tmp_path):
@@ -118,6 +115,23 @@ def test_odd_size_is_cropped_to_even_and_codecs_listed(pan, tmp_path):
     assert "choose one of ['libx264'" in check_codec("no-such-codec")
     with pytest.raises(ValueError, match="libx264"):
         VideoEncoder(tmp_path / "x.mp4", info, (96, 64), codec="no-such-codec")
+    with pytest.raises(ValueError, match="crf 52 is out of range for libx264: 0..51"):
+        VideoEncoder(tmp_path / "x.mp4", info, (96, 64), crf=52)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.mp4"]  # nothing left by the refused encoders
+
+
+def test_encoder_writes_beside_the_destination_and_abort_leaves_nothing(pan, tmp_path):
+    from dreamfleet.engine.atomic import TMP_SUFFIX
+
+    enc = VideoEncoder(tmp_path / "sub" / "out.mp4", probe_video(pan), (96, 64), preset="ultrafast")  # no lookahead
+    for f in iter_frames(pan, stop=2):
+        enc.write(f.rgb, f.pts)
+    with pytest.raises(ValueError, match="out of order"):
+        enc.write(f.rgb, f.pts)
+    names = [p.name for p in (tmp_path / "sub").iterdir()]
+    assert len(names) == 1 and names[0].endswith(TMP_SUFFIX)  # the video so far: a recognized temporary
+    enc.abort()
+    assert list((tmp_path / "sub").iterdir()) == []
 
 
 def test_frame_range_keeps_its_audio_span(pan, tmp_path):
@@ -184,6 +198,10 @@ def test_object_store_video_is_found_and_decoded(pan):
         assert [(i.rel, i.kind) for i in items] == [("clip.bin", "video")] and not problems
         assert probe_video(items[0].path).frames == 24
         assert [f.pts for f in iter_frames(items[0].path, stop=3)] == [0, 1001, 2002]
+        dest = output_path("memory://df-video/out", items[0].rel, kind="video")
+        facts = roundtrip(items[0].path, dest)
+        assert str(dest) == "memory://df-video/out/clip.bin.mp4" and facts["audio"] == "copied"
+        assert probe_video(dest).frames == 24 and fs.ls("/df-video/out", detail=False) == ["/df-video/out/clip.bin.mp4"]
     finally:
         fs.rm("/df-video", recursive=True)
 
@@ -193,6 +211,9 @@ def test_truncated_file_decodes_partially_and_says_so(tmp_path):
     frames = list(dec)
     assert 0 < len(frames) < 24 and dec.truncated and "of the 24 frames" in dec.error
     assert [f.index for f in frames] == list(range(len(frames)))
+    mkv = Decoder(vf.truncated_mkv(tmp_path / "cut.mkv", n=24, keep=0.6))
+    assert 0 < len(list(mkv)) < 24 and mkv.truncated and "s of the 0.800 s the header lists" in mkv.error
+    assert probe_video(tmp_path / "cut.mkv").estimated_frames == 24  # duration x rate: no count in Matroska
     whole = Decoder(vf.pan_clip(tmp_path / "whole.mp4", n=8, audio=False))
     assert len(list(whole)) == 8 and not whole.truncated and whole.error is None
 
@@ -220,6 +241,32 @@ def test_flow_recovers_pan_and_flags_the_entering_border():
     warped = warp_np(prev, pair.flow).astype(np.int16)
     err = np.abs(warped - cur)[pair.reliable].mean()
     assert err < 0.3 * np.abs(prev.astype(np.int16) - cur)[pair.reliable].mean()  # the warp lines prev up
+
+
+def test_reliability_equals_the_plain_numpy_formula():
+    """The allocation-free check against Sundaram et al.'s formulas written out with np.gradient."""
+    import cv2
+
+    from dreamfleet.engine.video.flow import CONSISTENCY, MOTION_EDGE, reliability
+
+    prev, cur = vf.pan_frames(2, size=(128, 96), step=3)
+    g0, g1 = cv2.cvtColor(prev, cv2.COLOR_RGB2GRAY), cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    back, fwd = dis.calc(g1, g0, None), dis.calc(g0, g1, None)
+    back[40:60, 50:70] += 4.0  # a patch that disagrees with the forward flow, and its motion boundary
+    h, w = back.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xs + back[..., 0], ys + back[..., 1]
+    f_at = warp_np(fwd, back)
+    a, c = CONSISTENCY
+    agree = ((back + f_at) ** 2).sum(-1) <= a * ((back ** 2).sum(-1) + (f_at ** 2).sum(-1)) + c
+    grads = [g for ch in (0, 1) for g in np.gradient(back[..., ch])]
+    ea, eb = MOTION_EDGE
+    edge = sum(g ** 2 for g in grads) > ea * (back ** 2).sum(-1) + eb
+    ref = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1) & agree & ~edge
+    got = reliability(back, fwd)
+    inner = (slice(1, -1), slice(1, -1))  # np.gradient is one-sided on the outermost pixels
+    assert (got[inner] == ref[inner]).mean() > 0.999 and not got[42:58, 52:68].any() and ref.mean() > 0.5
 
 
 def test_flow_on_a_smaller_copy_is_scaled_back_up():

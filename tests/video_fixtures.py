@@ -3,7 +3,8 @@ clip, a clip with a scene cut, a rotated clip and a truncated file.
 
 Every clip is tiny (96x64 or so, well under a second) so a test that decodes and re-encodes one
 takes tens of milliseconds. The pan crops a sliding window out of a sample photo, so the true
-optical flow between two frames is a known, constant shift.
+optical flow between two frames is a known, constant shift. ``roundtrip``, ``times`` and
+``audio_packets`` are what the tests compare a clip and its re-encoded copy by.
 """
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+
+from dreamfleet.engine.video.decode import iter_frames
+from dreamfleet.engine.video.encode import VideoEncoder
+from dreamfleet.engine.video.probe import probe_video
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 NTSC = Fraction(30000, 1001)
@@ -127,6 +132,16 @@ def truncated_clip(path: Path, n: int = 24, keep: float = 0.6) -> Path:
     return path
 
 
+def truncated_mkv(path: Path, n: int = 24, keep: float = 0.6) -> Path:
+    """A Matroska clip cut short: no frame count in it, but its header states the duration."""
+    full = path.with_name("full-" + path.name)
+    write_clip(full, pan_frames(n), [1001 * t for t in range(n)], Fraction(1, 30000), NTSC)
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
 def broken_clip(path: Path) -> Path:
     """A pan MP4 (index at the end) cut at half: it starts like a video but FFmpeg cannot open it."""
     full = path.with_name("full-" + path.name)
@@ -140,3 +155,26 @@ def broken_clip(path: Path) -> Path:
 def ts_pan_clip(path: Path, n: int = 24) -> Path:
     """The pan in an MPEG-TS container (time base 1/90000), the container a cut-short stream is often in."""
     return write_clip(path, pan_frames(n), [3003 * t for t in range(n)], Fraction(1, 90000), NTSC)
+
+
+def roundtrip(src, dest, size=None, **enc) -> dict:
+    """Decode ``src`` and encode every frame unchanged into ``dest`` (audio from ``src``); the record facts."""
+    info = probe_video(src)
+    encoder = VideoEncoder(dest, info, size or info.display_size, **enc)
+    for f in iter_frames(src):
+        encoder.write(f.rgb, f.pts, f.duration)
+    return encoder.close(audio_from=src)
+
+
+def times(path) -> list[Fraction]:
+    """Every frame's presentation time in seconds, exactly (pts * time base)."""
+    return [f.pts * f.time_base for f in iter_frames(path)]
+
+
+def audio_packets(path, timed: bool = False) -> list[tuple]:
+    """The first audio stream's packets: (pts, dts, duration, bytes), or (seconds, bytes) when ``timed``."""
+    with av.open(str(path)) as c:
+        packets = [p for p in c.demux(c.streams.audio[0]) if p.size]
+        if timed:
+            return [(p.pts * p.time_base, bytes(p)) for p in packets]
+        return [(p.pts, p.dts, p.duration, bytes(p)) for p in packets]

@@ -2,7 +2,9 @@
 
 ``Decoder`` yields :class:`Frame` objects in presentation order. ``rgb`` is the frame as
 displayed: the container's rotation (a phone clip's display matrix) is applied, so the dream
-sees the picture upright; ``VideoEncoder`` turns it back and keeps the metadata. ``size``
+sees the picture upright; ``VideoEncoder`` turns it back and keeps the metadata. YUV is converted with
+the frame's own matrix; an untagged frame gets BT.709 when HD (>= 1280 wide or > 576 high), else BT.601,
+as players assume (the output is tagged BT.709, so it looks as the source did). ``size``
 (W, H, display orientation) resizes in FFmpeg's scaler (area filter) before the RGB array exists.
 
 ``start > 0`` seeks: the packets' pts are read once (no decoding) to rank the frames, then the decoder
@@ -29,6 +31,7 @@ from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_vide
 
 log = logging.getLogger(__name__)
 
+_UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED
 MAX_BAD_PACKETS = 50  # more decode failures than this in one file: give up on it as truncated/corrupt
 
 
@@ -75,7 +78,11 @@ class Decoder:
         w = h = None
         if self.size is not None:
             w, h = self.size if abs(rotation) % 180 != 90 else self.size[::-1]  # coded orientation
-        out = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA" if w else None)
+        src_cs = None
+        if frame.colorspace == _UNSPECIFIED:  # untagged: guess as players do (mpv, browsers): HD is BT.709
+            src_cs = "ITU709" if frame.width >= 1280 or frame.height > 576 else "ITU601"
+        out = frame.reformat(width=w, height=h, format="rgb24", src_colorspace=src_cs,
+                             interpolation="AREA" if w else None)
         return upright(out.to_ndarray(), rotation)  # [H, W, 3] uint8
 
     def _note_end(self, reason: str) -> None:
@@ -142,6 +149,8 @@ class Decoder:
                 with contextlib.closing(open_input(local)) as container:
                     vs = video_stream(container)
                     vs.codec_context.thread_count = self.threads
+                    if self.threads != 1:
+                        vs.codec_context.thread_type = "AUTO"  # frame + slice threads (0: FFmpeg picks the count)
                     ranked = self._seek(container, vs, local) if attempt == "seek" else None
                     if attempt == "seek" and ranked is None:
                         continue  # nothing to skip, or no usable pts: decode from the beginning
@@ -155,11 +164,11 @@ class Decoder:
 
         rotation, tb = self.info.rotation, vs.time_base
         step = int(round(1 / (self.info.rate * tb))) if self.info.rate and tb else 1
-        last_pts = None
+        last_pts = last_duration = None
         self.decoded = 0
         for vf in self._frames(container, tb):
             pts = vf.pts if vf.pts is not None else (last_pts + step if last_pts is not None else 0)
-            last_pts = pts
+            last_pts, last_duration = pts, vf.duration or None
             if ranked is not None:
                 index = bisect_left(ranked, pts)
                 if self.decoded == 0 and index > self.start:
@@ -173,11 +182,27 @@ class Decoder:
             if self.stop is not None and index >= self.stop:
                 return True
             yield Frame(index, pts, tb, self._rgb(vf, rotation), vf.duration or None)
-        expected = self.info.frames
-        if not self.truncated and expected and self.decoded < expected:
-            bad = f" ({self.bad_packets} packet(s) failed to decode)" if self.bad_packets else ""
-            self._note_end(f"decoded {self.decoded} of the {expected} frames the header lists{bad}")
+        if not self.truncated and (self.stop is None or self.decoded < self.stop):
+            self._check_complete(last_pts, last_duration, tb)
         return True
+
+    def _check_complete(self, last_pts: int | None, last_duration: int | None, tb: Fraction) -> None:
+        """Note a file cut short: an MP4/MOV with fewer frames than its sample table lists, or a Matroska/WebM
+        clip (no frame count) whose frames end well before the video duration it states. Other containers
+        (MPEG-TS; AVI, whose count includes dropped-frame placeholders) say nothing reliable."""
+        bad = f" ({self.bad_packets} packet(s) failed to decode)" if self.bad_packets else ""
+        info = self.info
+        family = info.container.split(",")[0]
+        if family == "mov" and info.frames:
+            if self.decoded < info.frames:
+                self._note_end(f"decoded {self.decoded} of the {info.frames} frames the header lists{bad}")
+            return
+        if family != "matroska" or info.duration_from not in ("stream", "tag") or last_pts is None:
+            return
+        frame = float(last_duration * tb) if last_duration else (float(1 / info.rate) if info.rate else 0.04)
+        end = float((last_pts - info.start_pts) * tb) + frame
+        if end < info.duration - 1.5 * frame:
+            self._note_end(f"decoded {end:.3f} s of the {info.duration:.3f} s the header lists{bad}")
 
 
 def iter_frames(path, storage: Storage | None = None, start: int = 0, stop: int | None = None,

@@ -70,7 +70,15 @@ def even_size(size: tuple[int, int]) -> tuple[int, int]:
     return max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)
 
 
+def crf_range(codec: str) -> tuple[int, int]:
+    """The constant-quality values ``codec`` accepts (lower is better)."""
+    return (0, 63) if codec in ("libsvtav1", "libvpx-vp9") else (0, 51)
+
+
 def _codec_options(codec: str, crf: int, preset: str | None) -> dict:
+    lo, hi = crf_range(codec)
+    if not lo <= crf <= hi:
+        raise ValueError(f"crf {crf} is out of range for {codec}: {lo}..{hi}")
     opts = {}
     key = _QUALITY_OPTION.get(codec)
     if key == "qscale":
@@ -97,18 +105,25 @@ class VideoEncoder:
 
         if codec not in available_codecs():
             raise ValueError(f"video codec {codec!r} is not available; choose one of {available_codecs()}")
+        options = _codec_options(codec, crf, preset)  # checks crf before anything is created
         self.dest, self.info, self.codec, self.crf = location(dest), info, codec, crf
         self.storage = storage
         self.size = even_size(size)  # display orientation
         self.rotation = info.rotation
         self.frames, self.last_pts = 0, None
         self._durations: dict[int, int] = {}  # pts -> duration of frames the encoder still holds
+        self._first_pts: int | None = None
+        self._last_duration = 1
         self._workdir = Path(tempfile.mkdtemp(prefix="dreamfleet-encode-"))
-        self._video_tmp = self._workdir / "video.mp4"
+        if isinstance(self.dest, Path):  # beside the destination (a long clip may not fit /tmp); a killed
+            self.dest.parent.mkdir(parents=True, exist_ok=True)  # run's leftover is a recognized temporary
+            self._video_tmp = temporary_for(self.dest)
+        else:
+            self._video_tmp = self._workdir / "video.mp4"
         self._out = av.open(str(self._video_tmp), "w", format=OUTPUT_FORMAT,
                             options=self._track_options())
         w, h = self.size if abs(self.rotation) % 180 != 90 else self.size[::-1]  # coded orientation
-        vs = self._out.add_stream(codec, rate=info.rate or None, options=_codec_options(codec, crf, preset))
+        vs = self._out.add_stream(codec, rate=info.rate or None, options=options)
         vs.width, vs.height, vs.pix_fmt = w, h, PIX_FMT
         vs.time_base = info.time_base
         vs.codec_context.time_base = info.time_base
@@ -127,7 +142,8 @@ class VideoEncoder:
     def write(self, rgb: np.ndarray, pts: int, duration: int | None = None) -> None:
         """Encode one upright frame [H, W, 3] uint8 (H, W >= the output size) at ``pts`` (source time base).
 
-        ``duration`` (``Frame.duration``) keeps the last frame's display time, hence the clip's duration.
+        ``duration`` (``Frame.duration``) keeps the last frame's display time, hence the clip's duration;
+        without it a frame lasts as long as the gap before it (one frame at the stream's rate for the first).
         """
         import av
 
@@ -140,19 +156,43 @@ class VideoEncoder:
         vf = av.VideoFrame.from_ndarray(img, format="rgb24")
         vf = vf.reformat(format=PIX_FMT, dst_colorspace="ITU709", dst_color_range="MPEG")
         vf.pts, vf.time_base = pts, self.info.time_base
+        if not duration:  # unknown: as long as the gap before it (VFR), or one frame at the stream's rate
+            rate = self.info.rate
+            duration = (pts - self.last_pts if self.last_pts is not None
+                        else int(round(1 / (rate * self.info.time_base))) if rate else None)
         if duration:
             self._durations[pts] = duration  # until its packet comes out of the encoder (a few frames)
+        if self._first_pts is None:
+            self._first_pts = pts
+        self._last_duration = duration or 1
         self._mux_encoded(self._stream.encode(vf))
         self.frames += 1
         self.last_pts = pts
 
     def _video_packets(self, src, out_stream):
+        """The temporary's video packets for ``out_stream``, with the durations that make the clip end where
+        its last frame stops showing. The MP4 muxer ends the presentation at the largest pts + duration and
+        the track at the last dts + duration (both from the first dts), and the encoder's packets carry
+        decode-order durations: so the last frame's packet gets the last frame's duration, and the last packet
+        in decode order the one that ends the track there too."""
         vs = src.streams.video[0]
+        held, first_dts = None, None
         for packet in src.demux(vs):
             if packet.dts is None:
                 continue
             packet.stream = out_stream
-            yield packet
+            if first_dts is None:
+                first_dts = packet.dts
+            if packet.pts == self.last_pts:
+                packet.duration = self._last_duration
+            if held is not None:
+                yield held
+            held = packet
+        if held is not None:
+            if held.pts != self.last_pts:
+                end = self.last_pts + self._last_duration - self._first_pts  # on the decode timeline
+                held.duration = max(1, end - (held.dts - first_dts))
+            yield held
 
     def _mux_encoded(self, packets) -> None:
         """Mux encoder output into the temporary, each packet lasting as long as its frame (VFR: the
@@ -200,7 +240,6 @@ class VideoEncoder:
             if self.frames == 0:
                 raise ValueError(f"no frames were written for {self.dest}")
             if isinstance(self.dest, Path):
-                self.dest.parent.mkdir(parents=True, exist_ok=True)
                 final = temporary_for(self.dest)
             else:
                 final = self._workdir / f"final.{OUTPUT_FORMAT}"
@@ -211,7 +250,7 @@ class VideoEncoder:
                 if final.exists():
                     final.unlink()
         finally:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._drop_temporaries()
         return dict(codec=self.codec, crf=self.crf, pix_fmt=PIX_FMT, container=OUTPUT_FORMAT, faststart=True,
                     width=self.size[0], height=self.size[1], rotation=self.rotation, frames=self.frames,
                     time_base=str(self.info.time_base), audio=_audio_summary(audio), audio_streams=audio)
@@ -229,6 +268,10 @@ class VideoEncoder:
         """Drop everything written so far (the destination is untouched)."""
         with contextlib.suppress(Exception):
             self._out.close()
+        self._drop_temporaries()
+
+    def _drop_temporaries(self) -> None:
+        self._video_tmp.unlink(missing_ok=True)
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
@@ -240,4 +283,4 @@ def _audio_summary(facts: list[str]) -> str:
     return changed[0] if changed else "copied"
 
 
-__all__ = ["OUTPUT_FORMAT", "PIX_FMT", "VideoEncoder", "available_codecs", "check_codec", "even_size"]
+__all__ = ["OUTPUT_FORMAT", "PIX_FMT", "VideoEncoder", "available_codecs", "check_codec", "crf_range", "even_size"]

@@ -5,7 +5,8 @@ in pixels, channel 0 = dx (along width), channel 1 = dy (along height). For each
 the current frame, ``(x + dx, y + dy)`` is where that content was in the previous frame, so
 ``warp(prev, flow)(x, y) = prev(x + dx, y + dy)`` (bilinear) lines the previous frame up with the
 current one. With ``torch.nn.functional.grid_sample(..., align_corners=True)`` the grid is
-``gx = 2 * (x + dx) / (W - 1) - 1``, ``gy = 2 * (y + dy) / (H - 1) - 1``, in (x, y) order as here.
+``gx = 2 * (x + dx) / (W - 1) - 1``, ``gy = 2 * (y + dy) / (H - 1) - 1``, in (x, y) order as here;
+``padding_mode="border"`` matches :func:`warp_np` (tested).
 
 ``reliable`` is False where the forward-backward check fails (occlusions, disocclusions, content
 that came in over the border) and at motion boundaries (Sundaram et al. 2010, as in Ruder et al.

@@ -4,7 +4,9 @@
 ``RIFF....AVI ``), so a clip named ``.bin`` is still found and a text file named ``.mp4`` is
 still refused (it opens as nothing FFmpeg can decode). ``probe_video`` opens the container and
 decodes the first frame, so a file that probes is one that decodes: anything else is a
-``VideoLoadError`` whose message is the reason recorded in the report. PyAV is imported lazily.
+``VideoLoadError`` whose message is the reason recorded in the report. An object is probed through a
+seekable stream (ranged reads of the header, index and first frame); decoding copies it to a local
+temporary once (``local_copy``). PyAV is imported lazily.
 """
 from __future__ import annotations
 
@@ -60,6 +62,16 @@ class VideoInfo:
     container: str = ""
     start_pts: int = 0  # pts of the first decoded frame
     bit_rate: int | None = None
+    duration_from: str = ""  # "stream" | "tag" (stated for the video) | "container" (maybe audio's, or estimated)
+
+    @property
+    def estimated_frames(self) -> int | None:
+        """The header's frame count, else duration x rate (Matroska/WebM list no count): for progress and ETA."""
+        if self.frames:
+            return self.frames
+        if self.duration and self.rate:
+            return max(1, round(self.duration * self.rate))
+        return None
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -91,27 +103,53 @@ def local_copy(path, storage: Storage | None = None):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def open_input(path: Path):
-    """``av.open`` for reading, with FFmpeg's errors turned into VideoLoadError."""
+def open_input(src):
+    """``av.open`` for reading ``src`` (a local Path, or a seekable binary file object), FFmpeg's errors
+    turned into VideoLoadError."""
     import av
 
-    if not path.exists():
-        raise VideoLoadError("no such file")
-    if path.stat().st_size == 0:
-        raise VideoLoadError("empty file")
+    if isinstance(src, Path):
+        if not src.exists():
+            raise VideoLoadError("no such file")
+        if src.stat().st_size == 0:
+            raise VideoLoadError("empty file")
     try:
-        container = av.open(str(path), "r")
+        container = av.open(str(src) if isinstance(src, Path) else src, "r")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
-        with open(path, "rb") as fh:
-            looks_like = sniff_video(fh.read(SNIFF_BYTES))
-        if looks_like:
+        if _head(src) == b"":
+            raise VideoLoadError("empty file") from None
+        if sniff_video(_head(src)):
             raise VideoLoadError(f"a video container FFmpeg cannot open ({why}): broken, or cut short") from None
         raise VideoLoadError(f"not a video FFmpeg can open ({why})") from None
     if video_stream(container) is None:
         container.close()
         raise VideoLoadError("no video stream (not a video FFmpeg can decode)")
     return container
+
+
+def _head(src) -> bytes:
+    if isinstance(src, Path):
+        with open(src, "rb") as fh:
+            return fh.read(SNIFF_BYTES)
+    src.seek(0)
+    return src.read(SNIFF_BYTES)
+
+
+@contextlib.contextmanager
+def _probe_source(path, storage: Storage | None):
+    """A local Path as is; an object as a seekable stream (ranged reads: probing reads the header, the
+    index and the first frame, not the whole object)."""
+    path = location(path)
+    if isinstance(path, Path):
+        yield path
+        return
+    try:
+        fh = (storage or Storage()).open_read(path, 1 << 20)
+    except OSError as exc:
+        raise VideoLoadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    with fh:
+        yield fh
 
 
 def video_stream(container):
@@ -131,11 +169,30 @@ def _audio_facts(container) -> list[dict]:
                  frames=s.frames or None) for s in container.streams.audio]
 
 
+def _duration(vs, container) -> tuple[float | None, str]:
+    """(seconds, where from): the stream's own duration, else its DURATION tag (Matroska), else the
+    container's (which may include a longer audio track, or be estimated from the bit rate)."""
+    import av
+
+    if vs.duration is not None and vs.duration > 0:
+        return float(vs.duration * vs.time_base), "stream"
+    tag = vs.metadata.get("DURATION") or vs.metadata.get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec), "tag"
+        except ValueError:
+            pass
+    if container.duration is not None:
+        return container.duration / av.time_base, "container"
+    return None, ""
+
+
 def probe_video(path, storage: Storage | None = None) -> VideoInfo:
     """Facts about the video at ``path`` (local or URL); decodes its first frame. Raises VideoLoadError."""
     import av
 
-    with local_copy(path, storage) as local, contextlib.closing(open_input(local)) as c:
+    with _probe_source(path, storage) as src, contextlib.closing(open_input(src)) as c:
         vs = video_stream(c)
         try:
             first = next(c.decode(vs), None)
@@ -144,18 +201,14 @@ def probe_video(path, storage: Storage | None = None) -> VideoInfo:
             raise VideoLoadError(f"cannot decode the first frame ({why}): broken, or cut short") from None
         if first is None:
             raise VideoLoadError("the video stream has no decodable frame")
-        duration = None
-        if vs.duration is not None:
-            duration = float(vs.duration * vs.time_base)
-        elif c.duration is not None:
-            duration = c.duration / av.time_base
+        duration, duration_from = _duration(vs, c)
         cc = vs.codec_context
         return VideoInfo(
             width=first.width, height=first.height, rotation=int(round(first.rotation or 0)),
             frames=vs.frames or None, time_base=vs.time_base,
             rate=vs.average_rate or vs.guessed_rate or None, duration=duration, codec=cc.name,
             pix_fmt=first.format.name, audio=_audio_facts(c), container=c.format.name,
-            start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None)
+            start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None, duration_from=duration_from)
 
 
 __all__ = ["SNIFF_BYTES", "VIDEO_EXTENSIONS", "VideoInfo", "VideoLoadError", "is_video_name", "local_copy",

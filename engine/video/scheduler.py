@@ -12,9 +12,9 @@ is queued, then group B's frame t-1 is landed (the one wait) and written while t
 runs A, the same two-in-flight idea as the image buckets. On CPU the device work is synchronous,
 so one group takes every slot (a bigger batch, nothing to overlap). Decoding and flow run
 ahead on the decode threads; the warp runs on the device. Frames larger than one tile window
-(``--tile``) step through the tile scheduler's gradients (handed in as ``tiles``; this module
-imports no other scheduler). Each landed frame and the chain state after it are written
-atomically (``engine.video.store``), so a killed job resumes at the first unfinished frame.
+(``--tile``) step through the tile scheduler's gradients (``tiles``, handed in: no scheduler imports
+another). Each landed frame and the chain state after it are written atomically
+(``engine.video.store``): a killed job resumes at the first unfinished frame.
 """
 from __future__ import annotations
 
@@ -87,8 +87,7 @@ class VideoScheduler:
         self.flow = self.cfg.video_flow != "none" and self.cfg.video_blend > 0.0
 
     def run(self, items: list[WorkItem]) -> None:
-        decode_pool, self.write_pool = self.loop.pools()
-        self.decode_pool = decode_pool
+        self.decode_pool, self.write_pool = self.loop.pools()
         self.finishing = Window(max(2, self.loop.io_threads))  # encodes in flight (records in order)
         self.frame_writes = Window(2 * self.cfg.batch_size + max(1, self.loop.io_threads))
         by_shape: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
@@ -217,7 +216,6 @@ class VideoScheduler:
         src, init = self._initial(rows)
         keys = [frame_key(lane.item.rel, frame.index) for lane, frame, _ in rows]
         failed: dict = {}
-        out = pending = fence = None
         try:
             out, pending, fence = self._queue(init, keys, hw)
         except Exception as exc:  # noqa: BLE001 - retried row by row: one bad video must not stop the others
@@ -283,7 +281,7 @@ class VideoScheduler:
             lane.dreamed += 1
             done += 1
         self.on_frames(done)
-        for _ in self.frame_writes.ready():
+        for _ in self.frame_writes.ready():  # drop finished writes (their errors are in lane.writes)
             pass
         self._close_ready()
 
