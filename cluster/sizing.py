@@ -14,7 +14,6 @@ import logging
 
 from dreamfleet.engine.config import DreamConfig
 
-from .pool import PoolOptions
 from .resources import (
     CPU_WORKER_CPUS,
     MIN_CPUS,
@@ -23,6 +22,7 @@ from .resources import (
     request_bundles,
     wait_for_gpu_nodes,
 )
+from .slots import PoolOptions
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,8 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import tomllib
-
+from .jobfile import PRESETS, load_toml, read_toml  # noqa: F401  (re-exported: callers import them from here)
 from .limits import Limits, check_limits, field_limits, limited
 from .vocabulary import (
     COMPILE_MODES,
@@ -247,20 +245,6 @@ class DreamConfig:
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamConfig)}
 
-PRESETS: dict[str, dict] = {
-    # Google's 2015 deepdream notebook, translated into the model's normalized input space
-    "classic": dict(model="bvlc_googlenet", layer="inception4c", objective="l2", octaves=4, octave_scale=1.4,
-                    iterations=10, step=1.5, step_units="pixel", grad_norm="mean_abs", jitter=32, clamp="pixel",
-                    interpolation="bilinear"),
-    # the seed article's dream(), quirks included
-    "seed": dict(model="vgg16", layer="features.30", objective="norm", octaves=3, octave_scale=1.4, iterations=20,
-                 step=0.1, step_units="normalized", grad_norm="l2", jitter=0, clamp="-3,3", interpolation="nearest",
-                 fixed_size=224),
-}
-# classic with the gradient normalized per Laplacian band (the TensorFlow notebook's lapnorm)
-PRESETS["smooth"] = dict(PRESETS["classic"], smooth="laplacian", lap_levels=4)
-
-
 def _choice(name: str, value, valid) -> None:
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
@@ -268,31 +252,6 @@ def _choice(name: str, value, valid) -> None:
 
 def field_names() -> set[str]:
     return {f.name for f in dataclasses.fields(DreamConfig)}
-
-
-def read_toml(path: str | Path) -> dict:
-    """The raw TOML table of ``path``; a missing or invalid file is a ValueError naming it (one line)."""
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ValueError(f"config file {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path}: invalid TOML: {str(exc).splitlines()[0]}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"config file {path}: cannot read: {exc}") from None
-
-
-def load_toml(path: str | Path) -> dict:
-    """Read a job file: top-level keys are DreamConfig fields (dashes allowed); [dream] table also accepted;
-    a [storage] table (fsspec options for URL locations) becomes ``storage_options``."""
-    data = read_toml(path)
-    storage = data.get("storage", data.get("storage_options", data.get("storage-options")))
-    data = dict(data.get("dream", {}), **{k: v for k, v in data.items() if not isinstance(v, dict)})
-    out = {k.replace("-", "_"): v for k, v in data.items()}
-    if storage is not None:
-        out["storage_options"] = storage
-    return out
 
 
 def make_config(preset: str | None = None, file_values: dict | None = None, overrides: dict | None = None) -> DreamConfig:
