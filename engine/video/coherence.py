@@ -10,7 +10,8 @@ flow is unreliable (forward-backward disagreement: occlusions, disocclusions) ta
 frame, as does the whole frame on a scene cut, on the first frame, and with ``--video-flow
 none`` (independent frames). After the ascent, ``hold`` pulls each carried pixel part of the way
 back to the warped previous dream (the temporal term of Ruder et al., as one step). Everything here
-runs on the device, batched over the videos of one lockstep group. ``flicker`` is the temporal metric of the benchmark and tests.
+runs on the device, batched over the videos of one lockstep group. ``flicker`` is the temporal
+metric of the benchmark and tests.
 """
 from __future__ import annotations
 

@@ -189,11 +189,9 @@ class VideoScheduler:
     def _initial(self, rows: list) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
         """(sources, initial images, both [N,3,H,W] device pixels, and the carried (detail, keep) or None)."""
         src = self._upload(np.stack([f.rgb for _, f, _ in rows]))  # [N,3,H,W]
-        carry = []
+        carry = [pair is not None and lane.prev_dream is not None and not pair.cut for lane, _, pair in rows]
         for lane, _, pair in rows:
-            go = pair is not None and lane.prev_dream is not None and not pair.cut
             lane.cuts += int(pair is not None and pair.cut)
-            carry.append(go)
         if not any(carry):
             return src, src, None
         dev, h, w = src.device, src.shape[-2], src.shape[-1]
@@ -201,13 +199,11 @@ class VideoScheduler:
         flow = torch.from_numpy(np.stack([p.flow if c else zero_flow for (_, _, p), c in zip(rows, carry)]))
         reliable = torch.from_numpy(np.stack([p.reliable if c else none for (_, _, p), c in zip(rows, carry)]))
         prev_src = torch.stack([ln.prev_src if c else src[i] for i, ((ln, _, _), c) in enumerate(zip(rows, carry))])
-        prev_dream = torch.stack([ln.prev_dream if c else src[i]
-                                  for i, ((ln, _, _), c) in enumerate(zip(rows, carry))])
-        for (lane, _, pair), c in zip(rows, carry):
-            if c:
-                lane.carried += 1
-                lane.reliable += float(pair.reliable.mean())
-        detail, keep = carried(src, prev_src, prev_dream, flow.to(dev), reliable.to(dev), torch.tensor(carry, device=dev))
+        prev_dream = torch.stack([ln.prev_dream if c else src[i] for i, ((ln, _, _), c) in enumerate(zip(rows, carry))])
+        for lane, _, pair in (row for row, c in zip(rows, carry) if c):
+            lane.carried, lane.reliable = lane.carried + 1, lane.reliable + float(pair.reliable.mean())
+        go = torch.tensor(carry, device=dev)
+        detail, keep = carried(src, prev_src, prev_dream, flow.to(dev), reliable.to(dev), go)
         return src, start_from(src, detail, keep, self.cfg.video_blend), (detail, keep)
 
     def _launch(self, rows: list, hw: tuple[int, int]) -> _Round:
