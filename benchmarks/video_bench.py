@@ -184,5 +184,5 @@ def format_row(row: dict) -> str:
         f"{row['images_per_s']:.3f} images/s (lockstep / images = {row['lockstep_vs_images']:.2f}x, target >= 0.8)",
         f"  {row['clips']} clips in one job take {row['lockstep_vs_one_clip_time']:.2f}x the time of one clip "
         f"(target <= 2.3)",
-        f"  flicker {fl['coherent']['flicker']:.2f} vs independent {fl['independent']['flicker']:.2f} levels = "
+        f"  flicker ({fl['frames']} frames, {fl['size'][0]}x{fl['size'][1]}) {fl['coherent']['flicker']:.2f} vs independent {fl['independent']['flicker']:.2f} levels = "
         f"{fl['flicker_ratio']:.2f}x (target <= 0.7) at {fl['strength_ratio']:.2f}x the strength (target >= 0.8)"])
