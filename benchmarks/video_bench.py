@@ -77,9 +77,9 @@ def _timed(runner, cfg, inputs: list[str], out: Path) -> tuple[float, list]:
     return seconds, recs
 
 
-def run_video_bench(clips: int = 3, frames: int = 8, size: tuple[int, int] = (96, 64), repeats: int = 2,
-                    flicker_frames: int = 12, device: str = "cpu", results: Path = RESULTS,
-                    strip: Path | None = None) -> dict:
+def run_video_bench(clips: int = 3, frames: int = 16, size: tuple[int, int] = (96, 64), repeats: int = 2,
+                    flicker_frames: int = 16, device: str = "cpu", results: Path = RESULTS,
+                    strip: Path | None = None, flicker_size: tuple[int, int] = (256, 144)) -> dict:
     from dreamfleet.backends import create_backend
     from dreamfleet.engine.config import config_to_dict, make_config
     from dreamfleet.engine.runner import DreamRunner
@@ -131,8 +131,9 @@ def run_video_bench(clips: int = 3, frames: int = 8, size: tuple[int, int] = (96
                     "lockstep_vs_sequential_speedup": round(med["sequential"] / med["lockstep"], 3),
                     "lockstep_vs_images": round(med["images"] / med["lockstep"], 3)})
         log.info("video bench throughput: %s", {k: row[k] for k in ("seconds", "frames_per_s", "images_per_s")})
-        flicker_cfg = dict(base, octaves=2, iterations=3)  # flicker: a dream with some octave detail to carry
-        row["flicker"] = _flicker(create_backend, flicker_cfg, root, size, flicker_frames, strip)
+        # flicker: a dream with some octave detail to carry, on frames large enough for DIS flow and two octaves
+        flicker_cfg = dict(base, octaves=2, iterations=3, max_side=max(flicker_size))
+        row["flicker"] = _flicker(create_backend, flicker_cfg, root, flicker_size, flicker_frames, strip)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     append_rows(Path(results) / f"video_{device}.jsonl", [row])
@@ -160,7 +161,7 @@ def _flicker(factory, base: dict, root: Path, size: tuple[int, int], frames: int
         f, s = sequence_flicker(dreams[mode], sources)
         got[mode] = {"flicker": round(f, 3), "strength": round(s, 3)}
     cfg = make_config(None, None, base)
-    res = {"blend": cfg.video_blend, "frames": frames, "octaves": cfg.octaves, "iterations": cfg.iterations, "coherent": got["dis"], "independent": got["none"],
+    res = {"blend": cfg.video_blend, "frames": frames, "size": list(size), "octaves": cfg.octaves, "iterations": cfg.iterations, "coherent": got["dis"], "independent": got["none"],
            "flicker_ratio": round(got["dis"]["flicker"] / got["none"]["flicker"], 3),
            "strength_ratio": round(got["dis"]["strength"] / got["none"]["strength"], 3)}
     if strip is not None:
@@ -183,5 +184,5 @@ def format_row(row: dict) -> str:
         f"{row['images_per_s']:.3f} images/s (lockstep / images = {row['lockstep_vs_images']:.2f}x, target >= 0.8)",
         f"  {row['clips']} clips in one job take {row['lockstep_vs_one_clip_time']:.2f}x the time of one clip "
         f"(target <= 2.3)",
-        f"  flicker {fl['coherent']['flicker']:.2f} vs independent {fl['independent']['flicker']:.2f} levels = "
+        f"  flicker ({fl['frames']} frames, {fl['size'][0]}x{fl['size'][1]}) {fl['coherent']['flicker']:.2f} vs independent {fl['independent']['flicker']:.2f} levels = "
         f"{fl['flicker_ratio']:.2f}x (target <= 0.7) at {fl['strength_ratio']:.2f}x the strength (target >= 0.8)"])

@@ -17,7 +17,7 @@ from video_fixtures import NTSC, pan_clip, pan_frames, write_clip  # noqa: E402
 from dreamfleet.backends import create_backend  # noqa: E402
 from dreamfleet.engine.config import make_config  # noqa: E402
 from dreamfleet.engine.job import run_job  # noqa: E402
-from dreamfleet.engine.video.coherence import initial_frames, sequence_flicker, warp  # noqa: E402
+from dreamfleet.engine.video.coherence import carried, hold, initial_frames, sequence_flicker, warp  # noqa: E402
 from dreamfleet.engine.video.flow import warp_np  # noqa: E402
 from dreamfleet.engine.video.scheduler import VideoScheduler, state_root  # noqa: E402
 from dreamfleet.engine.video.store import FrameStore  # noqa: E402
@@ -65,6 +65,11 @@ def test_initial_frames_carry_only_reliable_detail_and_restart_on_cuts():
     assert torch.equal(init[0, :, :4], src[0, :, :4])  # unreliable pixels: the fresh frame
     expect = (src[0, :, 4:] + 0.5 * (prev_dream - prev_src)[0, :, 4:]).clamp(0, 1)
     assert torch.allclose(init[0, :, 4:], expect)
+    dream = torch.rand(2, 3, 8, 8)  # after the ascent: carried pixels go half way back to the warped previous dream
+    held = hold(dream, src, *carried(src, prev_src, prev_dream, flow, reliable, torch.tensor([True, False])), 0.5)
+    assert torch.equal(held[1], dream[1]) and torch.equal(held[0, :, :4], dream[0, :, :4])
+    target = (src[0, :, 4:] + (prev_dream - prev_src)[0, :, 4:]).clamp(0, 1)
+    assert torch.allclose(held[0, :, 4:], 0.5 * (dream[0, :, 4:] + target))
 
 
 def test_lockstep_videos_equal_each_video_alone_fp64(tmp_path, monkeypatch):

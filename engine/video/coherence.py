@@ -8,8 +8,10 @@ where ``flow_t`` is the *backward* flow (for each pixel of frame t, its (dx, dy)
 frame t-1; ``engine.video.flow``), so the warp is one ``grid_sample`` gather. Pixels whose
 flow is unreliable (forward-backward disagreement: occlusions, disocclusions) take the fresh
 frame, as does the whole frame on a scene cut, on the first frame, and with ``--video-flow
-none`` (independent frames). Everything here runs on the device, batched over the videos of
-one lockstep group. ``flicker`` is the temporal metric of the benchmark and tests.
+none`` (independent frames). After the ascent, ``hold`` pulls each carried pixel part of the way
+back to the warped previous dream (the temporal term of Ruder et al., as one step). Everything here
+runs on the device, batched over the videos of one lockstep group. ``flicker`` is the temporal
+metric of the benchmark and tests.
 """
 from __future__ import annotations
 
@@ -30,6 +32,18 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+HOLD = 0.5  # share of the way each carried pixel's dream is pulled back to its warped previous dream after the ascent
+
+
+def carried(src: torch.Tensor, prev_src: torch.Tensor, prev_dream: torch.Tensor, flow: torch.Tensor,
+            reliable: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(detail [N,3,H,W], keep [N,1,H,W] bool): the previous dream's detail (dream - source) moved along the
+    backward flow onto this frame, and where it may be carried (reliable pixels of frames that carry)."""
+    detail = warp(prev_dream - prev_src, flow)  # [N,3,H,W] the previous dream's detail, moved with the scene
+    keep = (reliable.to(src.device) & carry.to(src.device).view(-1, 1, 1))[:, None]  # [N,1,H,W]
+    return detail, keep
+
+
 def initial_frames(src: torch.Tensor, prev_src: torch.Tensor, prev_dream: torch.Tensor, flow: torch.Tensor,
                    reliable: torch.Tensor, carry: torch.Tensor, blend: float) -> torch.Tensor:
     """The initial image of each frame of a lockstep batch, pixels [N,3,H,W] in [0,1].
@@ -40,9 +54,24 @@ def initial_frames(src: torch.Tensor, prev_src: torch.Tensor, prev_dream: torch.
     """
     if blend == 0.0 or not bool(carry.any()):
         return src
-    detail = warp(prev_dream - prev_src, flow)  # [N,3,H,W] the previous dream's detail, moved with the scene
-    keep = (reliable.to(src.device) & carry.to(src.device).view(-1, 1, 1))[:, None]  # [N,1,H,W]
+    return start_from(src, *carried(src, prev_src, prev_dream, flow, reliable, carry), blend)
+
+
+def start_from(src: torch.Tensor, detail: torch.Tensor, keep: torch.Tensor, blend: float) -> torch.Tensor:
+    """``src`` [N,3,H,W] plus ``blend`` of the carried detail where ``keep`` (``carried``), in [0,1]."""
     return torch.where(keep, (src + blend * detail).clamp(0.0, 1.0), src)
+
+
+def hold(dream: torch.Tensor, src: torch.Tensor, detail: torch.Tensor, keep: torch.Tensor,
+         weight: float = HOLD) -> torch.Tensor:
+    """Ruder et al.'s temporal term as one step after the ascent: on carried pixels, the dream [N,3,H,W] moves
+    ``weight`` of the way to this source plus the whole warped previous detail (``carried``). The ascent's
+    fresh detail differs from frame to frame (each frame has its own jitter), and this step keeps only part
+    of that change where the flow is reliable; occluded pixels, cuts and first frames keep the fresh dream."""
+    if weight == 0.0:
+        return dream
+    target = (src + detail).clamp(0.0, 1.0)  # [N,3,H,W] the previous dream, moved onto this frame
+    return torch.where(keep, dream + weight * (target - dream), dream)
 
 
 def flicker(dream: torch.Tensor, prev_dream: torch.Tensor, src: torch.Tensor, prev_src: torch.Tensor,

@@ -37,7 +37,7 @@ from ..report import ImageRecord
 from ..storage import is_url, location
 from ..tiling import needs_tiling
 from ..vocabulary import STATE_DIR, VIDEO_STATE_DIR
-from .coherence import initial_frames
+from .coherence import carried, hold, start_from
 from .decode import Decoder
 from .lanes import FrameSource, Lane, finish
 from .probe import VideoLoadError, local_copy, probe_video
@@ -186,34 +186,29 @@ class VideoScheduler:
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)  # [N,3,H,W] uint8
         return self.loop.transfer.upload(x.contiguous()).to(self.loop.dtype)
 
-    def _initial(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sources, initial images), both [N,3,H,W] device pixels, for one lockstep batch."""
+    def _initial(self, rows: list) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+        """(sources, initial images, both [N,3,H,W] device pixels, and the carried (detail, keep) or None)."""
         src = self._upload(np.stack([f.rgb for _, f, _ in rows]))  # [N,3,H,W]
-        carry = []
+        carry = [pair is not None and lane.prev_dream is not None and not pair.cut for lane, _, pair in rows]
         for lane, _, pair in rows:
-            go = pair is not None and lane.prev_dream is not None and not pair.cut
             lane.cuts += int(pair is not None and pair.cut)
-            carry.append(go)
         if not any(carry):
-            return src, src
+            return src, src, None
         dev, h, w = src.device, src.shape[-2], src.shape[-1]
         zero_flow, none = np.zeros((h, w, 2), np.float32), np.zeros((h, w), bool)
         flow = torch.from_numpy(np.stack([p.flow if c else zero_flow for (_, _, p), c in zip(rows, carry)]))
         reliable = torch.from_numpy(np.stack([p.reliable if c else none for (_, _, p), c in zip(rows, carry)]))
         prev_src = torch.stack([ln.prev_src if c else src[i] for i, ((ln, _, _), c) in enumerate(zip(rows, carry))])
-        prev_dream = torch.stack([ln.prev_dream if c else src[i]
-                                  for i, ((ln, _, _), c) in enumerate(zip(rows, carry))])
-        for (lane, _, pair), c in zip(rows, carry):
-            if c:
-                lane.carried += 1
-                lane.reliable += float(pair.reliable.mean())
-        init = initial_frames(src, prev_src, prev_dream, flow.to(dev), reliable.to(dev),
-                              torch.tensor(carry, device=dev), self.cfg.video_blend)
-        return src, init
+        prev_dream = torch.stack([ln.prev_dream if c else src[i] for i, ((ln, _, _), c) in enumerate(zip(rows, carry))])
+        for lane, _, pair in (row for row, c in zip(rows, carry) if c):
+            lane.carried, lane.reliable = lane.carried + 1, lane.reliable + float(pair.reliable.mean())
+        go = torch.tensor(carry, device=dev)
+        detail, keep = carried(src, prev_src, prev_dream, flow.to(dev), reliable.to(dev), go)
+        return src, start_from(src, detail, keep, self.cfg.video_blend), (detail, keep)
 
     def _launch(self, rows: list, hw: tuple[int, int]) -> _Round:
         """Queue one lockstep batch (no wait); rows that fail even alone fail their video."""
-        src, init = self._initial(rows)
+        src, init, held = self._initial(rows)
         keys = [frame_key(lane.item.rel, frame.index) for lane, frame, _ in rows]
         failed: dict = {}
         try:
@@ -224,6 +219,8 @@ class VideoScheduler:
             reason = None
         if reason is not None:
             out, failed = self._retry_alone(init, keys, hw, rows, reason, oom)
+        if reason is not None or held is not None:  # the dreams after the temporal step are what is written
+            out = out if held is None else hold(out, src, *held)
             pending, fence = self.loop.transfer.download(out, reuse=False), self.loop.backend.fence()
         for i, (lane, _, _) in enumerate(rows):
             lane.prev_src, lane.prev_dream = src[i], out[i]
