@@ -59,8 +59,12 @@ def make_photos(folder: Path, n: int, wh: tuple[int, int]) -> list[Path]:
     return out
 
 
-def _child(cmd: list[str], threads: int, **env_vars: str) -> subprocess.CompletedProcess:
+def _child(cmd: list[str], threads: int, plain: bool = False, **env_vars: str) -> subprocess.CompletedProcess:
+    """Run ``cmd``; ``plain``: without the process settings the dreamfleet CLI sets for itself (as the peer runs)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAY_USAGE_STATS_ENABLED="0", **env_vars)
+    if plain:  # `dreamfleet bench` set THP_MEM_ALLOC_ENABLE=1 for itself; `python deepdream.py` would not have it
+        for name in (THP_ENV, CACHE_ENV):
+            env.pop(name, None)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {proc.stderr[-1500:]}")
@@ -71,7 +75,7 @@ def run_peer(photos: Path, out: Path, threads: int) -> dict:
     cmd = [sys.executable, "-m", "dreamfleet.benchmarks.peer_baseline", str(photos), "-o", str(out),
            "--threads", str(threads), "--octaves", str(JOB["octaves"]), "--octave-scale", str(JOB["octave_scale"]),
            "--iterations", str(JOB["iterations"]), "--jitter", str(JOB["jitter"])]
-    res = json.loads(_child(cmd, threads).stdout.strip().splitlines()[-1])
+    res = json.loads(_child(cmd, threads, plain=True).stdout.strip().splitlines()[-1])
     return {"seconds": res["work_seconds"], "cpu_seconds": res["work_cpu_seconds"], "images": res["images"],
             "page_faults": res["work_page_faults"],
             "octave_shapes": res["octave_shapes"]}
@@ -147,7 +151,8 @@ def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precision
         row = summarize(name, runs[name], runs["peer"])
         row.update(bench="peer", batch_size=batch or 1, precision=precision, rounds=rounds, images=images,
                    threads=threads, job=JOB, peer_octave_shapes=runs["peer"][0]["octave_shapes"],
-                   backend=runs[name][0].get("backend"), thp_env_inherited=os.environ.get(THP_ENV),
+                   backend=runs[name][0].get("backend"), thp_env_bench=os.environ.get(THP_ENV),
+                   peer_env="plain (no THP_MEM_ALLOC_ENABLE, no DREAMFLEET_* variables)",
                    load_avg_before=[round(v, 2) for v in load_before],
                    load_avg_after=[round(v, 2) for v in os.getloadavg()], env=env, timestamp=hardware.now_utc())
         rows.append(row)
