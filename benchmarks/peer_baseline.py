@@ -19,7 +19,11 @@ in everything that costs time, not a strawman:
 
 One difference, in the peer's favour: the peer builds the model for every image; here it is built
 once (``PeerDream.__init__``), so only the dreaming is timed.
-Run as a child process by ``benchmarks/peer_bench.py`` (``python -m dreamfleet.benchmarks.peer_baseline``).
+Run as a child process by ``benchmarks/peer_bench.py`` (``python -m dreamfleet.benchmarks.peer_baseline``),
+with the process settings of a plain ``python deepdream.py``: torch on the main thread only, no
+``THP_MEM_ALLOC_ENABLE``, no ``DREAMFLEET_*`` variables. On a machine with more runnable threads than cores, such a
+process spends much of its CPU time in libgomp's barrier spin-waits; the real peer does too
+(docs/peer-comparison.md, point 3).
 """
 from __future__ import annotations
 

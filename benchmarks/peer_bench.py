@@ -59,9 +59,21 @@ def make_photos(folder: Path, n: int, wh: tuple[int, int]) -> list[Path]:
     return out
 
 
-def _child(cmd: list[str], threads: int, **env_vars: str) -> subprocess.CompletedProcess:
+def child_env(threads: int, plain: bool = False, **env_vars: str) -> dict[str, str]:
+    """A child's environment; ``plain``: without the settings the dreamfleet CLI makes for itself (the peer's case).
+
+    ``dreamfleet bench`` set ``THP_MEM_ALLOC_ENABLE=1`` for itself; a plain ``python deepdream.py`` would not
+    have it. Everything else (``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` if the user set them) reaches every case.
+    """
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAY_USAGE_STATS_ENABLED="0", **env_vars)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if plain:
+        for name in (THP_ENV, CACHE_ENV):
+            env.pop(name, None)
+    return env
+
+
+def _child(cmd: list[str], threads: int, plain: bool = False, **env_vars: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=child_env(threads, plain, **env_vars), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {proc.stderr[-1500:]}")
     return proc
@@ -71,7 +83,7 @@ def run_peer(photos: Path, out: Path, threads: int) -> dict:
     cmd = [sys.executable, "-m", "dreamfleet.benchmarks.peer_baseline", str(photos), "-o", str(out),
            "--threads", str(threads), "--octaves", str(JOB["octaves"]), "--octave-scale", str(JOB["octave_scale"]),
            "--iterations", str(JOB["iterations"]), "--jitter", str(JOB["jitter"])]
-    res = json.loads(_child(cmd, threads).stdout.strip().splitlines()[-1])
+    res = json.loads(_child(cmd, threads, plain=True).stdout.strip().splitlines()[-1])
     return {"seconds": res["work_seconds"], "cpu_seconds": res["work_cpu_seconds"], "images": res["images"],
             "page_faults": res["work_page_faults"],
             "octave_shapes": res["octave_shapes"]}
@@ -147,7 +159,9 @@ def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precision
         row = summarize(name, runs[name], runs["peer"])
         row.update(bench="peer", batch_size=batch or 1, precision=precision, rounds=rounds, images=images,
                    threads=threads, job=JOB, peer_octave_shapes=runs["peer"][0]["octave_shapes"],
-                   backend=runs[name][0].get("backend"), thp_env_inherited=os.environ.get(THP_ENV),
+                   backend=runs[name][0].get("backend"), thp_env_bench=os.environ.get(THP_ENV),
+                   peer_env="plain (no THP_MEM_ALLOC_ENABLE, no DREAMFLEET_* variables)",
+                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
                    load_avg_before=[round(v, 2) for v in load_before],
                    load_avg_after=[round(v, 2) for v in os.getloadavg()], env=env, timestamp=hardware.now_utc())
         rows.append(row)
@@ -168,7 +182,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["JOB", "cases", "dream_command", "make_photos", "run_peer_bench", "summarize", "table"]
+__all__ = ["JOB", "cases", "child_env", "dream_command", "make_photos", "run_peer_bench", "summarize", "table"]
 
 
 if __name__ == "__main__":  # python -m dreamfleet.benchmarks.peer_bench [rounds] [images]

@@ -85,3 +85,15 @@ def test_peer_bench_cases_command_and_per_round_ratios():
     assert row["cpu_s_per_image"] == 5.0 and row["cores_busy"] == 1.0 and row["page_faults_per_image"] == 0
     row.update(env={"cpu_model": "AMD EPYC"}, threads=2)
     assert "| dreamfleet-b8 | 0.2000 |" in table([row]) and "AMD EPYC" in table([row])
+
+
+def test_peer_child_runs_without_the_clis_own_process_settings(monkeypatch):
+    from dreamfleet.benchmarks.peer_bench import child_env
+
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # set by the dreamfleet CLI for itself
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # a user's setting: reaches every case
+    peer, ours = child_env(2, plain=True), child_env(2, DREAMFLEET_CACHE_HOST_ALLOCATIONS="1")
+    assert "THP_MEM_ALLOC_ENABLE" not in peer and "DREAMFLEET_CACHE_HOST_ALLOCATIONS" not in peer
+    assert ours["THP_MEM_ALLOC_ENABLE"] == "1" and ours["DREAMFLEET_CACHE_HOST_ALLOCATIONS"] == "1"
+    assert peer["OMP_NUM_THREADS"] == ours["OMP_NUM_THREADS"] == "2"
+    assert peer["OMP_WAIT_POLICY"] == ours["OMP_WAIT_POLICY"] == "PASSIVE"
