@@ -13,7 +13,12 @@ are outstanding per actor; ``ray.wait`` collects them as they finish. Fault hand
 * an exception from a shard: split and retried the same way;
 * an image the engine recorded as a dream/write failure: retried alone;
 * an image that failed more than ``retries`` times on its own is quarantined with its reason;
-* a worker silent on a shard for ``shard_timeout`` seconds is treated as dead (hangs are silent).
+* a worker silent on a shard for ``shard_timeout`` seconds is treated as dead (hangs are silent);
+* an actor that fails to start (its ``__init__`` or ``prepare`` raised, e.g. ``MissingProvider``) is
+  retried on its slot; its exception type and message (``cluster.start_errors``) are logged, and
+  named in the error when every worker failed to start.
+
+What becomes of a shard's results (records, retries, quarantine) is ``cluster.outcomes``.
 
 Every actor, a recreated one included, runs ``prepare(shapes)`` (compile warm-up, TensorRT
 profiles) as its first task after the start probe; shards queue behind it (actor tasks run in
@@ -25,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 import time
 from collections import deque
 from typing import Callable
@@ -33,9 +37,9 @@ from typing import Callable
 from dreamfleet.engine.config import DreamConfig
 from dreamfleet.engine.report import ImageRecord
 from dreamfleet.engine.runner import BackendFactory, WorkItem
-from dreamfleet.engine.storage import Storage, is_url
-from dreamfleet.engine.writeguard import not_attempted
+from dreamfleet.engine.storage import Storage
 
+from .outcomes import ShardOutcomes
 from .resources import alive_node_resources, request_bundles, worker_capacity
 from .retry import RetryPolicy
 from .slots import (  # noqa: F401  (PoolOptions, NoLiveNode: re-exported for the driver and tests)
@@ -49,11 +53,13 @@ from .slots import (  # noqa: F401  (PoolOptions, NoLiveNode: re-exported for th
     Slot,
     alive_nodes,
 )
-from .worker import DreamWorker, ShardResult
+from .start_errors import StartErrors, start_error
+from .worker import DreamWorker
 
 log = logging.getLogger(__name__)
 
-class WorkerPool:
+
+class WorkerPool(ShardOutcomes):
     """Runs shards on Ray actors until every item has one final record."""
 
     def __init__(self, cfg: DreamConfig, backend_factory: BackendFactory, opts: PoolOptions,
@@ -72,6 +78,7 @@ class WorkerPool:
         self.actor_cls = ray.remote(DreamWorker)
         self.slots = [Slot(i) for i in range(opts.workers)]
         self.stats = PoolStats()
+        self.start_errors = StartErrors()  # why actors failed to start: named in the error when none could
         self.inflight: dict[object, InFlight] = {}  # Ray ObjectRef -> what it is
         self.seq = itertools.count()
         self.shard_ids = itertools.count()
@@ -141,7 +148,7 @@ class WorkerPool:
             if self.inflight:
                 ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
             elif all(s.started for s in self.slots):
-                raise RuntimeError("every worker failed to start; see the log for the actors' errors")
+                raise RuntimeError(self.start_errors.all_failed_message())
             else:  # no node holds a worker yet (or any more): wait for one, up to start_timeout
                 ready = []
                 time.sleep(1.0)
@@ -157,7 +164,8 @@ class WorkerPool:
             if idle and stalled > self.opts.start_timeout:
                 raise RuntimeError(f"no worker (re)started within {self.opts.start_timeout:.0f}s; the cluster may lack "
                                    f"the resources asked for ({self.opts.gpus_per_worker} GPU per worker); "
-                                   f"cluster has {self.ray.cluster_resources()}")
+                                   f"cluster has {self.ray.cluster_resources()}"
+                                   + (f"; start errors: {self.start_errors.summary()}" if self.start_errors.reasons else ""))
             for ref in ready:
                 if ref in self.inflight:
                     self._collect(ref)
@@ -198,18 +206,21 @@ class WorkerPool:
             result = self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as exc:  # the shard raised; the actor lives on
             if sid is None:
-                self._lost(slot, f"worker failed to start: {exc}")
+                self._lost(slot, f"worker {slot.name} failed to start: {self._start_failed(slot, exc)}")
             elif sid == PREPARE:
                 slot.ready = False  # a start failure: its queued shards are requeued uncharged
-                self._lost(slot, f"worker {slot.name} failed to prepare its backend: {_short(exc)}")
+                self._lost(slot, f"worker {slot.name} failed to prepare its backend: {self._start_failed(slot, exc)}")
             else:
                 self._shard_failed(items, f"shard raised: {_short(exc)}")
             return
-        except self.ray.exceptions.RayError as exc:  # the worker process is gone
+        except self.ray.exceptions.RayError as exc:  # the worker process is gone (or its __init__ raised)
             if sid == PREPARE:
                 slot.ready = False  # died while preparing: a start failure, its shards are not charged
             self.inflight[ref] = call  # let _lost account for it with the others
-            self._lost(slot, f"worker {slot.name} lost: {_short(exc)}")
+            if not slot.ready:  # never came up: say why (MissingProvider, a missing file, ...)
+                self._lost(slot, f"worker {slot.name} failed to start: {self._start_failed(slot, exc)}")
+            else:
+                self._lost(slot, f"worker {slot.name} lost: {_short(exc)}")
             return
         if sid is None:
             self._ready(slot, result)
@@ -219,8 +230,14 @@ class WorkerPool:
         else:
             self._shard_done(result, items)
 
+    def _start_failed(self, slot: Slot, exc: BaseException) -> str:
+        """Note why ``slot``'s actor did not come up (its exception type and message); returns it."""
+        slot.start_error = start_error(exc)
+        self.start_errors.add(f"w{slot.index}", slot.start_error)
+        return slot.start_error
+
     def _ready(self, slot: Slot, info: dict) -> None:
-        slot.ready, slot.start_failures = True, 0
+        slot.ready, slot.start_failures, slot.start_error = True, 0, ""
         self.last_progress = time.perf_counter()
         self.first_ready = self.first_ready or time.perf_counter()
         self.stats.workers[slot.name].update(info)
@@ -249,7 +266,8 @@ class WorkerPool:
                 self.queue.appendleft(s)
             if slot.start_failures >= MAX_START_FAILURES:
                 slot.retired = True
-                log.error("giving up on worker slot %d after %d failed starts", slot.index, slot.start_failures)
+                log.error("giving up on worker slot %d after %d failed starts: %s", slot.index, slot.start_failures,
+                          slot.start_error or "see above")
                 return
         else:
             if shards:
@@ -257,72 +275,6 @@ class WorkerPool:
             for s in reversed(shards[1:]):
                 self.queue.appendleft(s)
         slot.actor, slot.generation = None, slot.generation + 1  # restarted by _dispatch when work remains
-
-    def _finalize(self, rec: ImageRecord) -> None:
-        if rec.rel in self.final:
-            return
-        self.final.add(rec.rel)
-        rec.attempts = max(rec.attempts, self.policy.attempts(rec.rel, rec.status == "done"))
-        self.on_record(rec)
-
-    def _written_this_run(self, item: WorkItem) -> bool:
-        try:
-            mtime = self.storage.stat(item.output)[1] / 1e9 if is_url(item.output) else os.stat(item.output).st_mtime
-        except OSError:
-            return False
-        return not self.cfg.overwrite or mtime >= self.started - 1.0
-
-    def _drain(self, why: str) -> None:
-        """The job stops: every queued image is recorded as not attempted."""
-        while self.queue:
-            _, items = self.queue.popleft()
-            for item in items:
-                self._finalize(not_attempted(item.path, item.rel, why, None, item.hw))
-
-    def _shard_done(self, result: ShardResult, items: list[WorkItem]) -> None:
-        by_rel = {i.rel: i for i in items}  # only this shard's: nothing per job is kept
-        self.last_progress = time.perf_counter()
-        w = self.stats.workers[result.worker]
-        w["shards"] += 1
-        w["busy_seconds"] += result.seconds
-        for rec in result.records:
-            if rec.status == "failed" and rec.retryable:
-                self._charge(by_rel[rec.rel], rec.reason, rec)
-                continue
-            w[rec.status] = w.get(rec.status, 0) + 1
-            self._finalize(rec)
-
-    def _shard_failed(self, items: list[WorkItem], reason: str) -> None:
-        rest = []
-        for item in items:
-            if self._written_this_run(item):  # written before the worker died: keep it, don't redo it
-                self._finalize(ImageRecord(item.path, item.rel, "done", output=item.output, shape=list(item.hw),
-                                           worker="recovered"))
-            else:
-                rest.append(item)
-        if len(rest) > 1:
-            halves = self.policy.split(rest)
-            self.stats.retries += 1
-            log.warning("%s; retrying its %d images as %d + %d", reason, len(rest), *map(len, halves))
-            for half in halves:
-                self.queue.append((next(self.shard_ids), half))
-        elif rest:
-            self._charge(rest[0], reason, None)
-
-    def _charge(self, item: WorkItem, reason: str, rec: ImageRecord | None) -> None:
-        """One more failure for ``item`` alone: retry it, or quarantine it once over budget."""
-        decision = self.policy.charge(item.rel)
-        n = decision.failures
-        if decision.retry:
-            self.stats.retries += 1
-            self.queue.append((next(self.shard_ids), [item]))
-            log.info("retrying %s (failure %d of %d allowed): %s", item.rel, n, self.opts.retries, reason)
-            return
-        why = f"quarantined after {n} failed attempts: {reason}"
-        self.stats.quarantined.append({"rel": item.rel, "input": item.path, "attempts": n, "reason": reason})
-        log.error("%s: %s", item.rel, why)
-        self._finalize(ImageRecord(item.path, item.rel, "failed", reason=why, shape=list(item.hw) or None,
-                                   worker=rec.worker if rec else None, attempts=n))
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -58,6 +58,7 @@ class Slot:
     actor: object = None
     ready: bool = False
     start_failures: int = 0
+    start_error: str = ""  # the last start failure's "Type: message" (cluster.start_errors)
     retired: bool = False
     started: bool = False  # an actor was created for it (GPU slots wait until a node can hold one)
     active_since: float = 0.0  # perf_counter of its last sign of life while it has shards

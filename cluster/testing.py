@@ -106,6 +106,26 @@ def hanging_backend(dm, cfg, device, *, marker: str):
     return _Wrapped(create_backend(dm, cfg, device), on_step)
 
 
+def missing_provider_backend(dm, cfg, device, *, count_dir: str | None = None, fail_first: int | None = None):
+    """Raises ``MissingProvider`` when built, as ONNX Runtime without its CUDA libraries does (in the actor's
+    ``__init__``); with ``count_dir`` and ``fail_first``, only the first ``fail_first`` builds (of any process)."""
+    from dreamfleet.backends import create_backend
+    from dreamfleet.export.ort_session import MissingProvider
+
+    if count_dir is not None and fail_first is not None:
+        n = 0
+        while True:  # claim the next build number atomically (O_EXCL), across worker processes
+            try:
+                os.close(os.open(os.path.join(count_dir, f"build-{n}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                n += 1
+        if n >= fail_first:
+            return create_backend(dm, cfg, device)
+    raise MissingProvider("ONNX Runtime session asked for CUDAExecutionProvider but runs on CPUExecutionProvider: "
+                          "libcudart.so.13, libcublas.so.13 did not load")
+
+
 def node_has_resource(name: str) -> bool:
     """Whether the Ray node this process runs on declares the custom resource ``name``."""
     import ray
@@ -164,5 +184,5 @@ def prepare_checking_backend(dm, cfg, device, *, record_dir: str, die_marker: st
     return _PrepareChecked(create_backend(dm, cfg, device), record_dir, die_marker, die_after)
 
 
-__all__ = ["dying_backend", "hanging_backend", "has_poison", "poison_backend", "node_has_resource", "prepare_checking_backend",
+__all__ = ["dying_backend", "hanging_backend", "has_poison", "missing_provider_backend", "poison_backend", "node_has_resource", "prepare_checking_backend",
            "slow_until_joined_backend"]
