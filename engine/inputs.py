@@ -8,12 +8,13 @@ are never taken as inputs, and an input folder inside the output folder is refus
 Inputs and the output may also be fsspec URLs (``s3://bucket/prefix``, globs too): keys
 below a prefix mirror under the output exactly as files below a folder do.
 
-Videos (mp4, m4v, mov, mkv, webm, avi) are inputs wherever images are. A file is an image or a
-video by its extension; a file whose extension is neither (``clip.bin``, no extension) is read for
-its first bytes and taken as a video when they look like one (``video.probe.sniff_video``); in a
-folder or glob anything else is not an input. A named file is always an input: a text file
-called ``x.mp4`` is a "video" that then fails with FFmpeg's reason. A video's output is MP4: its
-relative path with ``.mp4`` kept or appended (``a/clip.mov`` -> ``a/clip.mov.mp4``).
+Videos (mp4, mov, mkv, webm, avi, ts, flv, ...) are inputs wherever images are. Listing takes a
+file's extension as a first guess of its kind; a file whose extension is neither an image's nor a
+video's (``clip.bin``, no extension) is read for its first few KB and taken as what they say
+(``video.sniff.content_kind``); in a folder or glob anything else is not an input. The guess is
+settled by the bytes at planning (``engine.job``): a clip named ``.jpg`` is planned as a video, a
+photo named ``.mp4`` as an image, a named file that is neither is a failure record. A video's output
+is MP4: its relative path with ``.mp4`` kept or appended (``a/clip.mov`` -> ``a/clip.mov.mp4``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from pathlib import Path, PurePosixPath
 
 from .imageio import IMAGE_EXTENSIONS
 from .storage import URL, Storage, is_url, location
-from .video.probe import SNIFF_BYTES, VIDEO_EXTENSIONS, sniff_video
+from .video.probe import VIDEO_EXTENSIONS
+from .video.sniff import content_kind, read_head
 
 _FORMAT_EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 VIDEO_OUTPUT_EXT = ".mp4"
@@ -40,18 +42,6 @@ class InputItem:
     path: Path | URL  # the file (or object) to read
     rel: str  # posix relative path; the image's identity (seeds its jitter stream)
     kind: str = "image"  # "image" | "video"
-
-
-def _head(p: Path | URL, storage: Storage | None) -> bytes:
-    """A file's first bytes (b"" if it cannot be read: the loader reports that later)."""
-    try:
-        if isinstance(p, URL):
-            with (storage or Storage()).open_read(p, SNIFF_BYTES) as fh:
-                return fh.read(SNIFF_BYTES)
-        with open(p, "rb") as fh:
-            return fh.read(SNIFF_BYTES)
-    except OSError:
-        return b""
 
 
 def _kind_by_name(p: Path | URL) -> str | None:
@@ -75,8 +65,8 @@ def media_kind(p: Path | URL, storage: Storage | None = None, named: bool = Fals
     """
     kind = _kind_by_name(p)
     if kind == "?" or (kind is None and named):
-        kind = "video" if sniff_video(_head(p, storage)) else None
-    return kind or ("image" if named else None)
+        kind = content_kind(read_head(p, storage))
+    return kind or ("image" if named else None)  # a named file that is neither fails at planning, saying so
 
 
 @functools.lru_cache(maxsize=1024)
@@ -175,13 +165,13 @@ def _discover_url(u: URL, out_dir, storage: Storage, roots: list, problems: list
 
 def _media(paths: list, storage: Storage | None) -> list[tuple]:
     """[(path, kind)] for the paths that are images or videos (a folder's or glob's files). The files only
-    their content can tell about are read in parallel (one small ranged GET each on an object store)."""
+    their content can tell about (no or an unknown extension) are read in parallel (one small ranged GET each on an object store)."""
     kinds = [_kind_by_name(p) for p in paths]
     unknown = [p for p, k in zip(paths, kinds) if k == "?"]
     if unknown:
         with ThreadPoolExecutor(max_workers=min(16, len(unknown))) as pool:
-            sniffed = dict(zip(unknown, pool.map(lambda p: sniff_video(_head(p, storage)), unknown)))
-        kinds = ["video" if k == "?" and sniffed[p] else (None if k == "?" else k) for p, k in zip(paths, kinds)]
+            sniffed = dict(zip(unknown, pool.map(lambda p: content_kind(read_head(p, storage)), unknown)))
+        kinds = [sniffed[p] if k == "?" else k for p, k in zip(paths, kinds)]
     return [(p, k) for p, k in zip(paths, kinds) if k is not None]
 
 

@@ -15,6 +15,7 @@ listing of the output prefix, and inputs' headers are probed by a few threads in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from .runner import BackendFactory, DreamRunner, WorkItem
 from .sizing import working_size
 from .storage import URL, Storage, is_url, location
 from .video.plan import plan_video
+from .video.probe import settle_kind
 from .vocabulary import JOB_FILE_NAME, STATE_DIR
 from .writeguard import STOP_AFTER, stop_message
 
@@ -142,8 +144,14 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
             return ImageRecord(str(item.path), item.rel, "skipped", output=str(out), reason="output exists")
         return item, out, stamp, video
 
-    def probe(job):
-        """-> a skipped/failed record, a WorkItem, or the description of a foreign output (str)."""
+    def replan(item, kind: str, head: bytes):  # the name guessed wrong: plan ``item`` as its bytes say, once
+        log.info("%s: its bytes say %s; planned as one", item.rel, kind)
+        job = decide(dataclasses.replace(item, kind=kind))
+        return probe(job, head) if isinstance(job, tuple) else job
+
+    def probe(job, head: bytes | None = None):
+        """-> a skipped/failed record, a WorkItem, or the description of a foreign output (str); ``head``: set once
+        a replan settled the kind."""
         item, out, stamp, video = job
         if stamp is not None:
             made_with = output_param_hash(out, storage)
@@ -160,8 +168,9 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
             w, h = probe_size(item.path, cfg.max_pixels, storage)
             hw = working_size(w, h, cfg)
             usable_octaves(hw[0], hw[1], cfg.octaves, cfg.octave_scale, spec.min_size)
-        except (ImageLoadError, ValueError) as exc:
-            return ImageRecord(str(item.path), item.rel, "failed", reason=str(exc))
+        except (ImageLoadError, ValueError) as exc:  # the bytes say what it is (a clip named .jpg, a photo .mp4)
+            kind, head, why = settle_kind(exc, video, head, item.path, storage)
+            return replan(item, kind, head) if kind else ImageRecord(str(item.path), item.rel, "failed", reason=why)
         return WorkItem(str(item.path), item.rel, str(out), hw)
 
     threaded = listing is not None or any(isinstance(item.path, URL) for item in items)

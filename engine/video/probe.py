@@ -1,10 +1,10 @@
 """What a video file is: recognizing one by name or by content, and reading its facts (PyAV).
 
-``sniff_video`` looks at a file's first bytes (MP4/MOV ``ftyp``, Matroska/WebM EBML, AVI
-``RIFF....AVI ``), so a clip named ``.bin`` is still found and a text file named ``.mp4`` is
-still refused (it opens as nothing FFmpeg can decode). ``probe_video`` opens the container and
-decodes the first frame, so a file that probes is one that decodes: anything else is a
-``VideoLoadError`` whose message is the reason recorded in the report. An object is probed through a
+A file's leading bytes say whether it is a video container (``engine.video.sniff``): a clip named
+``.bin`` is still found, and ``probe_video`` refuses a file whose bytes are no video container with
+``NotAVideo`` (the planner then plans it as an image, or records that it is neither), before FFmpeg is
+asked. ``probe_video`` opens the container and decodes the first frame, so a file that probes is one
+that decodes: anything else is a ``VideoLoadError`` whose message is the reason recorded in the report. An object is probed through a
 seekable stream (ranged reads of the header, index and first frame); decoding copies it to a local
 temporary once (``local_copy``). PyAV is imported lazily.
 """
@@ -20,27 +20,45 @@ from pathlib import Path
 
 from ..imageio import ImageLoadError
 from ..storage import Storage, location
+from .sniff import DEMUXERS, SNIFF_BYTES, describe_head, image_failure, neither_reason, read_head, video_container
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
-SNIFF_BYTES = 16  # enough for every signature below
-_EBML = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
-_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide")  # first box of an MP4 (ftyp) or an old QuickTime file
-_NOT_VIDEO_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"M4A ", b"M4B ", b"M4P ")  # stills, audio
+# names taken as video when listing folders (a hint only: the bytes decide at planning)
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".3gp", ".3g2", ".ts", ".m2ts", ".mts", ".mpg",
+                    ".mpeg", ".vob", ".flv", ".mxf", ".y4m", ".nut", ".ogv", ".wmv", ".asf")
 
 
 class VideoLoadError(ImageLoadError):
     """The file is not a usable video; ``str(err)`` is the reason recorded in the report."""
 
 
+class NotAVideo(VideoLoadError):
+    """The file's leading bytes are no video container (``head``: those bytes, for the planner's next look)."""
+
+    def __init__(self, reason: str, head: bytes = b"") -> None:
+        super().__init__(reason)
+        self.head = head
+
+
 def sniff_video(head: bytes) -> bool:
-    """True if ``head`` (a file's first bytes, >= 12) starts like MP4/MOV, Matroska/WebM or AVI."""
-    if head[4:8] in _ISO_BOXES:  # ISO BMFF (mp4, m4v, 3gp) / QuickTime: a box size, then its type
-        return head[4:8] != b"ftyp" or head[8:12] not in _NOT_VIDEO_BRANDS
-    if head[:4] == _EBML:
-        return True
-    return head[:4] == b"RIFF" and head[8:11] == b"AVI"
+    """True if ``head`` (a file's first bytes) starts like a video container (``sniff.video_container``)."""
+    return video_container(head) is not None
+
+
+def settle_kind(exc: Exception, video: bool, head: bytes | None, path,
+                storage: Storage | None) -> tuple[str | None, bytes, str]:
+    """After planning ``path`` as a video (``video``) or an image failed with ``exc``: (the kind its bytes say to
+    plan it as instead, or None; its leading bytes; the failure reason). ``head`` is given once a re-plan has
+    settled the kind, so a file is re-planned at most once."""
+    if isinstance(exc, NotAVideo):  # not a video container: an image if Pillow reads it, else neither
+        return ("image" if head is None else None), exc.head, neither_reason(exc.head)
+    if video or not isinstance(exc, ImageLoadError):
+        return None, head or b"", str(exc)
+    head = read_head(path, storage) if head is None else head  # one small read, on an image's failure only
+    if video_container(head):
+        return "video", head, str(exc)
+    return None, head, image_failure(str(exc), head)
 
 
 def is_video_name(p) -> bool:
@@ -113,8 +131,9 @@ def open_input(src):
             raise VideoLoadError("no such file")
         if src.stat().st_size == 0:
             raise VideoLoadError("empty file")
+    demuxer = DEMUXERS.get(video_container(_head(src)))  # by the bytes: a clip named .jpg is no JPEG to FFmpeg
     try:
-        container = av.open(str(src) if isinstance(src, Path) else src, "r")
+        container = av.open(str(src) if isinstance(src, Path) else src, "r", format=demuxer)
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         if _head(src) == b"":
@@ -129,11 +148,15 @@ def open_input(src):
 
 
 def _head(src) -> bytes:
+    """The first bytes of a local file or a seekable stream (left at its start: an object's first block is
+    read anyway, so this costs no extra request)."""
     if isinstance(src, Path):
         with open(src, "rb") as fh:
             return fh.read(SNIFF_BYTES)
     src.seek(0)
-    return src.read(SNIFF_BYTES)
+    head = src.read(SNIFF_BYTES)
+    src.seek(0)
+    return head
 
 
 @contextlib.contextmanager
@@ -189,10 +212,21 @@ def _duration(vs, container) -> tuple[float | None, str]:
 
 
 def probe_video(path, storage: Storage | None = None) -> VideoInfo:
-    """Facts about the video at ``path`` (local or URL); decodes its first frame. Raises VideoLoadError."""
+    """Facts about the video at ``path`` (local or URL); decodes its first frame. Raises VideoLoadError
+    (``NotAVideo`` when its leading bytes are no video container)."""
+    with _probe_source(path, storage) as src:
+        if isinstance(src, Path) and not src.exists():
+            raise VideoLoadError("no such file")
+        head = _head(src)
+        if not video_container(head):  # a photo named .mp4, a text file: not FFmpeg's to guess at
+            raise NotAVideo(f"not a video container (first bytes {describe_head(head)})" if head else "empty file", head)
+        return _probe_open(src)
+
+
+def _probe_open(src) -> VideoInfo:
     import av
 
-    with _probe_source(path, storage) as src, contextlib.closing(open_input(src)) as c:
+    with contextlib.closing(open_input(src)) as c:
         vs = video_stream(c)
         try:
             first = next(c.decode(vs), None)
@@ -211,5 +245,5 @@ def probe_video(path, storage: Storage | None = None) -> VideoInfo:
             start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None, duration_from=duration_from)
 
 
-__all__ = ["SNIFF_BYTES", "VIDEO_EXTENSIONS", "VideoInfo", "VideoLoadError", "is_video_name", "local_copy",
-           "open_input", "probe_video", "sniff_video", "video_stream"]
+__all__ = ["SNIFF_BYTES", "VIDEO_EXTENSIONS", "NotAVideo", "VideoInfo", "VideoLoadError", "is_video_name", "local_copy",
+           "open_input", "probe_video", "settle_kind", "sniff_video", "video_stream"]
