@@ -4,7 +4,9 @@
 displayed: the container's rotation (a phone clip's display matrix) is applied, so the dream
 sees the picture upright; ``VideoEncoder`` turns it back and keeps the metadata. YUV is converted with
 the frame's own matrix; an untagged frame gets BT.709 when HD (>= 1280 wide or > 576 high), else BT.601,
-as players assume (the output is tagged BT.709, so it looks as the source did). ``size``
+as players assume (the output is tagged BT.709, so it looks as the source did); a 10/12-bit, BT.2020 or
+HDR (PQ, HLG) frame is converted at 16 bits per channel and mapped to 8-bit SDR BT.709 by
+``engine.video.tonemap``. ``size``
 (W, H, display orientation) resizes in FFmpeg's scaler (area filter) before the RGB array exists.
 
 ``start > 0`` seeks: the packets' pts are read once (no decoding) to rank the frames, then the decoder
@@ -28,6 +30,7 @@ import numpy as np
 
 from ..storage import Storage
 from .probe import VideoInfo, VideoLoadError, local_copy, open_input, probe_video, video_stream
+from .tonemap import mapper_for
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class Decoder:
         self.error: str | None = None
         self.bad_packets = 0
         self.decoded = 0  # frames that came out of the decoder (all indices, also those before ``start``)
+        self.mapper = None  # a 10/12-bit or HDR source's tonemap.ToneMapper
 
     def _rgb(self, frame, rotation: int) -> np.ndarray:
         w = h = None
@@ -81,9 +85,11 @@ class Decoder:
         src_cs = None
         if frame.colorspace == _UNSPECIFIED:  # untagged: guess as players do (mpv, browsers): HD is BT.709
             src_cs = "ITU709" if frame.width >= 1280 or frame.height > 576 else "ITU601"
-        out = frame.reformat(width=w, height=h, format="rgb24", src_colorspace=src_cs,
+        self.mapper = mapper_for(frame, self.mapper)  # None: 8-bit SDR, RGB24 as is (unchanged bit for bit)
+        out = frame.reformat(width=w, height=h, format="rgb48le" if self.mapper else "rgb24", src_colorspace=src_cs,
                              interpolation="AREA" if w else None)
-        return upright(out.to_ndarray(), rotation)  # [H, W, 3] uint8
+        rgb = self.mapper(out.to_ndarray()) if self.mapper else out.to_ndarray()  # [H, W, 3] uint16 -> uint8
+        return upright(rgb, rotation)  # [H, W, 3] uint8
 
     def _note_end(self, reason: str) -> None:
         self.truncated, self.error = True, reason

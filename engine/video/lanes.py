@@ -114,7 +114,7 @@ class Lane:
                 "resumed_at": self.resumed_at if self.resumed_at > self.start else None,
                 "range": [self.start, dec.stop], "fps": float(info.rate) if info.rate else None,
                 "time_base": str(info.time_base), "source_frames": info.frames, "duration": info.duration,
-                "source_codec": info.codec, "rotation": info.rotation,
+                "source_codec": info.codec, "rotation": info.rotation, "source_color": info.color,
                 "frames_per_s": round(self.dreamed / seconds, 3) if seconds > 0 else None,
                 "decode_flow_s": round(self.source.seconds, 3), "cuts": self.cuts,
                 "carried_frames": self.carried,

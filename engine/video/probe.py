@@ -21,6 +21,7 @@ from pathlib import Path
 from ..imageio import ImageLoadError
 from ..storage import Storage, location
 from .sniff import DEMUXERS, SNIFF_BYTES, describe_head, image_failure, neither_reason, read_head, video_container
+from .tonemap import source_color
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class VideoInfo:
     start_pts: int = 0  # pts of the first decoded frame
     bit_rate: int | None = None
     duration_from: str = ""  # "stream" | "tag" (stated for the video) | "container" (maybe audio's, or estimated)
+    color: dict = field(default_factory=dict)  # the first frame's colour and its conversion (tonemap.source_color)
 
     @property
     def estimated_frames(self) -> int | None:
@@ -242,7 +244,8 @@ def _probe_open(src) -> VideoInfo:
             frames=vs.frames or None, time_base=vs.time_base,
             rate=vs.average_rate or vs.guessed_rate or None, duration=duration, codec=cc.name,
             pix_fmt=first.format.name, audio=_audio_facts(c), container=c.format.name,
-            start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None, duration_from=duration_from)
+            start_pts=first.pts or 0, bit_rate=cc.bit_rate or c.bit_rate or None, duration_from=duration_from,
+            color=source_color(first))
 
 
 __all__ = ["SNIFF_BYTES", "VIDEO_EXTENSIONS", "NotAVideo", "VideoInfo", "VideoLoadError", "is_video_name", "local_copy",
