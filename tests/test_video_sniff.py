@@ -120,6 +120,6 @@ def test_misnamed_files_dreamed_as_what_they_are(tmp_path, capsys):
     assert Image.open(out / "photo.mp4.png").format == "PNG" and not recs["photo.mp4"].get("video")
     for junk in ("junk.mp4", "junk.jpg"):
         assert recs[junk]["status"] == "failed"
-        assert recs[junk]["reason"].startswith("neither an image nor a video: its first bytes"), recs[junk]
+        assert recs[junk]["reason"].startswith("not an image or a video: its first bytes"), recs[junk]
         assert "'plain te'" in recs[junk]["reason"]
 

@@ -132,7 +132,7 @@ def neither_reason(head: bytes) -> str:
     """The failure reason of a file whose bytes are neither an image nor a video container."""
     if not head:
         return "empty file"
-    return ("neither an image nor a video: its first bytes, " + describe_head(head) +
+    return ("not an image or a video: its first bytes, " + describe_head(head) +
             ", match no image format Pillow reads and no video container")
 
 
