@@ -12,9 +12,12 @@ import pytest
 
 av = pytest.importorskip("av")
 from PIL import Image  # noqa: E402
-from video_fixtures import pan_frames  # noqa: E402
+from video_fixtures import _add_audio, pan_frames  # noqa: E402
 
+from dreamfleet.backends import create_backend  # noqa: E402
 from dreamfleet.cli import main  # noqa: E402
+from dreamfleet.engine.config import make_config  # noqa: E402
+from dreamfleet.engine.job import run_job  # noqa: E402
 from dreamfleet.engine.inputs import discover  # noqa: E402
 from dreamfleet.engine.video.probe import NotAVideo, probe_video  # noqa: E402
 from dreamfleet.engine.video.sniff import content_kind, image_format, read_head, video_container  # noqa: E402
@@ -39,10 +42,12 @@ CONTAINERS = [
 ]
 
 
-def write(path: Path, fmt: str, options: dict, codec: str, pix_fmt: str, n: int = 6) -> Path:
+def write(path: Path, fmt: str, options: dict, codec: str, pix_fmt: str, n: int = 6, audio: str | None = None) -> Path:
     """``n`` frames of the pan, 25 fps, in container ``fmt`` (FFmpeg muxer name) whatever ``path`` is called."""
     with av.open(str(path), "w", format=fmt, options=options) as out:
         vs = out.add_stream(codec, rate=25)
+        if audio:
+            out.add_stream(audio, rate=48000).layout = "mono"
         vs.width, vs.height, vs.pix_fmt = *SIZE, pix_fmt
         if codec == "libx264":
             vs.options = {"preset": "ultrafast"}
@@ -53,6 +58,8 @@ def write(path: Path, fmt: str, options: dict, codec: str, pix_fmt: str, n: int 
             vf.pts, vf.time_base = t, Fraction(1, 25)
             out.mux(vs.encode(vf))
         out.mux(vs.encode(None))
+        if audio:
+            _add_audio(out, n / 25)
     return path
 
 
@@ -123,3 +130,15 @@ def test_misnamed_files_dreamed_as_what_they_are(tmp_path, capsys):
         assert recs[junk]["reason"].startswith("not an image or a video: its first bytes"), recs[junk]
         assert "'plain te'" in recs[junk]["reason"]
 
+
+
+def test_mpeg_ps_named_jpg_keeps_its_audio(tmp_path):
+    """FFmpeg alone would open an MPEG-PS stream named .jpg as a JPEG (image2): the demuxer comes from the bytes."""
+    clip = write(tmp_path / "ps.jpg", "mpeg", {}, "mpeg2video", "yuv420p", n=4, audio="mp2")
+    cfg = make_config(None, None, dict(model="googlenet", random_weights=True, max_side=64, iterations=1, octaves=1))
+    rep = run_job(cfg, [str(clip)], tmp_path / "out", create_backend, progress=False)
+    (rec,) = rep.records
+    assert rec.status == "done" and rec.output.endswith("ps.jpg.mp4"), rec.reason
+    assert rec.video["audio"] == "copied" and rec.video["frames"] == 4
+    with av.open(str(tmp_path / "out" / "ps.jpg.mp4")) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .sniff import demuxer_of
+
 log = logging.getLogger(__name__)
 
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
@@ -49,14 +51,15 @@ def open_audio_outputs(stack: contextlib.ExitStack, audio_src, out) -> tuple[lis
 
     if audio_src is None:
         return [], []
+    demuxer = demuxer_of(audio_src)  # by its bytes: an MPEG-PS clip named .jpg is no image to FFmpeg
     try:
-        probe = stack.enter_context(av.open(str(audio_src), "r"))
+        probe = stack.enter_context(av.open(str(audio_src), "r", format=demuxer))
     except av.FFmpegError as exc:
         log.warning("audio of %s not readable (%s): the video is written without audio", audio_src, exc)
         return [], [f"none (unreadable: {exc})"]
     routes, facts = [], []
     for s in probe.streams.audio:
-        source = stack.enter_context(av.open(str(audio_src), "r"))
+        source = stack.enter_context(av.open(str(audio_src), "r", format=demuxer))
         in_stream = source.streams[s.index]
         name = in_stream.codec_context.name
         if name in out.supported_codecs:

@@ -122,6 +122,11 @@ def read_head(path: Path | URL | str, storage: Storage | None = None, n: int = S
         return b""
 
 
+def demuxer_of(path: Path | URL | str, storage: Storage | None = None) -> str | None:
+    """The FFmpeg demuxer a file's bytes name (``av.open(..., format=)``), or None to let FFmpeg guess."""
+    return DEMUXERS.get(video_container(read_head(path, storage)))
+
+
 def describe_head(head: bytes, n: int = 8) -> str:
     """The first bytes, in hex and as text, for a failure reason: ``68 65 6c 6c ('hell')``."""
     text = "".join(chr(b) if 32 <= b < 127 else "." for b in head[:n])
@@ -141,5 +146,5 @@ def image_failure(reason: str, head: bytes) -> str:
     return neither_reason(head) if reason == "not an image Pillow can identify" else reason
 
 
-__all__ = ["DEMUXERS", "SNIFF_BYTES", "content_kind", "describe_head", "image_failure", "image_format", "neither_reason", "read_head",
+__all__ = ["DEMUXERS", "SNIFF_BYTES", "content_kind", "demuxer_of", "describe_head", "image_failure", "image_format", "neither_reason", "read_head",
            "video_container"]
