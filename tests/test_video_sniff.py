@@ -129,6 +129,10 @@ def test_misnamed_files_dreamed_as_what_they_are(tmp_path, capsys):
         assert recs[junk]["status"] == "failed"
         assert recs[junk]["reason"].startswith("not an image or a video: its first bytes"), recs[junk]
         assert "'plain te'" in recs[junk]["reason"]
+    capsys.readouterr()
+    assert main(["dream", str(folder), "-o", str(out), "--random-weights", "--max-side", "64", "--iterations", "1",
+                 "--octaves", "1", "--no-progress"]) == 1
+    assert "0 dreamed, 3 skipped, 2 failed" in capsys.readouterr().out  # re-planned outputs found on the rerun
 
 
 
