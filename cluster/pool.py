@@ -38,6 +38,7 @@ from dreamfleet.engine.writeguard import not_attempted
 
 from .resources import alive_node_resources, request_bundles, worker_capacity
 from .retry import RetryPolicy
+from .segments import SegmentBook, item_for
 from .slots import (  # noqa: F401  (PoolOptions, NoLiveNode: re-exported for the driver and tests)
     MAX_START_FAILURES,
     NODE_CHECK_SECONDS,
@@ -128,6 +129,7 @@ class WorkerPool:
         queue: deque = deque((next(self.shard_ids), s) for s in shards if s)
         self.policy = RetryPolicy(self.opts.retries)
         self.final: set[str] = set()
+        self.segments = SegmentBook()  # a long video's segments: its assembly once all are done
         self.on_record, self.queue = on_record, queue
         self._grow()
         self.last_progress = time.perf_counter()
@@ -280,14 +282,17 @@ class WorkerPool:
                 self._finalize(not_attempted(item.path, item.rel, why, None, item.hw))
 
     def _shard_done(self, result: ShardResult, items: list[WorkItem]) -> None:
-        by_rel = {i.rel: i for i in items}  # only this shard's: nothing per job is kept
         self.last_progress = time.perf_counter()
         w = self.stats.workers[result.worker]
         w["shards"] += 1
         w["busy_seconds"] += result.seconds
         for rec in result.records:
+            consumed, follow = self.segments.note(rec, items)  # segment records are not the video's record
+            self.queue.extend((next(self.shard_ids), [item]) for item in follow)
+            if consumed:
+                continue
             if rec.status == "failed" and rec.retryable:
-                self._charge(by_rel[rec.rel], rec.reason, rec)
+                self._charge(item_for(rec, items), rec.reason, rec)
                 continue
             w[rec.status] = w.get(rec.status, 0) + 1
             self._finalize(rec)

@@ -78,8 +78,10 @@ def _joined_facts(markers: list[dict], spans: list) -> dict:
     facts["reliable_fraction"] = round(reliable / facts["carried_frames"], 4) if facts["carried_frames"] else None
     facts["range"] = [markers[0]["range"][0], markers[-1]["range"][1]]
     facts["truncated"] = next((m["truncated"] for m in markers if m.get("truncated")), None)
-    resumed = [m["resumed_at"] for m in markers if m.get("resumed_at") is not None]
-    facts["resumed_at"] = min(resumed) if resumed else None
+    firsts = [m["resumed_at"] if m.get("resumed_at") is not None else m["range"][0] for m in markers
+              if m.get("frames_dreamed_now")]  # the first frame each segment dreamed in this run
+    resumed = facts["frames_dreamed_now"] < facts["frames"]
+    facts["resumed_at"] = (min(firsts) if firsts else facts["range"][0] + facts["frames"]) if resumed else None
     facts["segments"] = [list(s) for s in spans]
     facts["segment_workers"] = [m.get("worker") for m in markers]
     for key in ("segment", "part", "cut_start", "reliable_sum", "worker", "frames_per_s"):
@@ -143,6 +145,14 @@ def assemble(item, cfg, storage, worker: str | None, metadata: dict) -> ImageRec
     return ImageRecord(item.path, item.rel, "done", output=str(item.output), **base)
 
 
+def _dreamed_before(root: Path, marker: dict) -> dict:
+    """A segment a run finds done: its marker says this run dreamed none of its frames (for the joined record)."""
+    if marker.get("frames_dreamed_now"):
+        marker = dict(marker, frames_dreamed_now=0, resumed_at=marker["range"][0] + marker["frames"])
+        atomic_write(Path(root) / DONE_NAME, json.dumps(marker).encode(), fsync=False)
+    return marker
+
+
 class SegmentParts:
     """One scheduler run's split videos: done segments reported from their markers, videos whose segments all
     ran here assembled here (one record each), the others' segment records passed on (see the module doc)."""
@@ -171,7 +181,7 @@ class SegmentParts:
             elif item.span is None:
                 self.assembling.append(self.pool.submit(self._assemble, item))
             elif (m := read_marker(self._root(item))) is not None:
-                self.emit(segment_record(item, m, self.worker))
+                self.emit(segment_record(item, _dreamed_before(self._root(item), m), self.worker))
             else:
                 out.append(item)
         return out
