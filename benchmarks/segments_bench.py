@@ -116,6 +116,7 @@ def run_segments_bench(shots: int = 4, frames: int = 12, size: tuple[int, int] =
                                            for r in range(repeats)]
         row["seconds"] = {k: [round(t, 3) for t in v] for k, v in times.items()}
         row["median_s"] = {k: round(statistics.median(v), 3) for k, v in times.items() if v}
+        row["min_s"] = {k: round(min(v), 3) for k, v in times.items() if v}
         med = row["median_s"]
         row["split_speedup"] = round(med["whole"] / med["split"], 3)
         if actors:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     row = run_segments_bench(args.shots, args.frames, repeats=args.repeats, actors=args.actors, device=args.device)
-    print(f"segments: {args.shots} shots x {args.frames} frames, {row['size']}: median s {row['median_s']}; "
+    print(f"segments: {args.shots} shots x {args.frames} frames, {row['size']}: median s {row['median_s']} (min {row['min_s']}); "
           f"split / whole speedup {row['split_speedup']}x" +
           (f"; 2 actors / 1 actor {row['two_actor_speedup']}x" if args.actors else "") +
           f" (load {row['environment']['load_avg_1_5_15']} -> {row['load_after']})")

@@ -3,6 +3,7 @@
 dreaming again, and the report has one record per video (tiny clips, random weights)."""
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 
@@ -119,6 +120,35 @@ def test_a_job_killed_before_the_assembly_finishes_it_without_dreaming_again(tmp
     assert not state_root(tmp_path / "out", cfg.param_hash(), "clip.mp4").exists()  # frames removed after
     again = run_job(cfg, [str(clip)], tmp_path / "out", create_backend, progress=False)
     assert [r.status for r in again.records] == ["skipped"]
+
+
+def test_the_driver_queues_one_assembly_once_every_segment_reported():
+    from dreamfleet.cluster.segments import SegmentBook, for_cluster, item_for, manifest_items
+    from dreamfleet.engine.report import ImageRecord
+    from dreamfleet.engine.runner import WorkItem
+
+    whole = WorkItem("in/v.mp4", "v.mp4", "out/v.mp4", (48, 64), kind="video", frames=10)
+    segs = [dataclasses.replace(whole, span=s, part=k, parts=3, frames=n)
+            for k, (s, n) in enumerate([((0, 4), 4), ((4, 7), 3), ((7, None), 3)])]
+
+    def rec(k, status="done", **video):
+        return ImageRecord("in/v.mp4", "v.mp4", status, retryable=status == "failed",
+                           video=dict(segment=list(segs[k].span), part=k, parts=3, **video))
+
+    book = SegmentBook()
+    assert book.note(rec(0), segs[:1]) == (True, []) and book.note(rec(1), segs[1:2]) == (True, [])
+    consumed, follow = book.note(rec(2), segs[2:])
+    assert consumed and [(i.span, i.parts, i.frames) for i in follow] == [(None, 3, 0)]  # the assembly item
+    assert book.note(rec(2), segs[2:]) == (True, [])  # reported again (a retry): queued once
+    other = SegmentBook()  # a worker held all three: part 1 failed, part 0 done, part 2 never ended
+    consumed, again = other.note(rec(1, "failed", parts_done=[0]), segs)
+    assert not consumed and again == [segs[2]] and item_for(rec(1, "failed"), segs) == segs[1]
+    video_failure = ImageRecord("in/v.mp4", "v.mp4", "failed", retryable=True)  # the local assembly failed
+    assert item_for(video_failure, segs).span is None
+    assert list(manifest_items(segs)) == segs[:1]
+    on_s3 = [dataclasses.replace(s, output="s3://b/out/v.mp4") for s in segs]
+    assert for_cluster(on_s3, 1) == on_s3  # one node: segments meet in its temporary folder
+    assert [(i.span, i.parts, i.frames) for i in for_cluster(on_s3, 2)] == [(None, 0, 10)]  # several: whole
 
 
 def test_bad_split_value_exits_2_naming_it(tmp_path, capsys):
