@@ -33,11 +33,13 @@ DONE_NAME = "done.json"
 _SUMMED = ("frames", "frames_dreamed_now", "cuts", "carried_frames", "decode_flow_s", "bad_packets")
 
 
-def read_marker(root: Path) -> dict | None:
+def read_marker(root: Path, span) -> dict | None:
+    """A segment's done marker, if it is there and for this span (an earlier plan may have ended it elsewhere)."""
     try:
-        return json.loads((Path(root) / DONE_NAME).read_text())
+        marker = json.loads((Path(root) / DONE_NAME).read_text())
     except (OSError, ValueError):
         return None
+    return marker if marker.get("segment") == list(span) else None
 
 
 def segment_record(item, facts: dict, worker: str | None) -> ImageRecord:
@@ -102,7 +104,7 @@ def assemble(item, cfg, storage, worker: str | None, metadata: dict) -> ImageRec
     except (OSError, ValueError, KeyError) as exc:
         return ImageRecord(item.path, item.rel, "failed", reason=f"segment plan unreadable: {exc}", retryable=True,
                            **base)
-    markers = [read_marker(segment_root(root, a)) for a, _ in spans]
+    markers = [read_marker(segment_root(root, a), (a, b)) for a, b in spans]
     missing = [s for s, m in zip(spans, markers) if m is None]
     if missing:
         return ImageRecord(item.path, item.rel, "failed", reason=f"segments {missing} not dreamed yet", retryable=True,
@@ -180,7 +182,7 @@ class SegmentParts:
                 out.append(item)
             elif item.span is None:
                 self.assembling.append(self.pool.submit(self._assemble, item))
-            elif (m := read_marker(self._root(item))) is not None:
+            elif (m := read_marker(self._root(item), item.span)) is not None:
                 self.emit(segment_record(item, _dreamed_before(self._root(item), m), self.worker))
             else:
                 out.append(item)
@@ -218,6 +220,7 @@ class SegmentParts:
         for rel, rec in self.failed.items():
             if rel not in self.closed:
                 self.closed.add(rel)
+                rec.video = dict(rec.video or {}, parts_done=sorted(self.done[rel]))
                 self.outer(rec)
         for fut in self.assembling:
             self.outer(fut.result())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +134,9 @@ def split_video(item, info, cfg, storage: Storage):
            "flow": _flow_on(cfg), "hw": list(item.hw)}
     plan = _read_plan(root)
     if plan is None or plan.get("key") != key:
+        if plan is not None and {**plan.get("key", {}), "split_frames": n} != key:  # another source or range:
+            for old in Path(root).glob("seg-*"):  # its segments' frames are not this video's
+                shutil.rmtree(old, ignore_errors=True)
         plan = dict(key=key, **_make_plan(item, info, cfg, storage, start, stop, n))
         atomic_write(root / PLAN_NAME, json.dumps(plan).encode(), fsync=False)
     spans, end = [tuple(s) for s in plan["spans"]], plan["end"]
