@@ -178,3 +178,29 @@ def test_run_splits_a_long_video_across_two_actors_like_the_local_job(ray_cluste
     assert [r.status for r in local.records] == ["done"]
     x, y = _frames(tmp_path / "out", cfg, "long.mp4"), _frames(tmp_path / "local", cfg, "long.mp4")
     assert len(x) == len(y) == 14 and all(np.array_equal(p, q) for p, q in zip(x, y))
+
+
+def test_an_object_store_output_splits_in_one_process(tmp_path):
+    """Segment state of an object-store output lives in the local temporary folder; one process joins it."""
+    import fsspec
+
+    from dreamfleet.engine.storage import location
+
+    clip = _shots_clip(tmp_path / "clip.mp4")
+    out = f"memory://dreamfleet-seg-{tmp_path.name}/out"
+    cfg = _cfg(video_split_frames=4)
+    rep = run_job(cfg, [str(clip)], out, create_backend, progress=False)
+    [rec] = rep.records
+    assert rec.status == "done" and len(rec.video["segments"]) == 4
+    fs = fsspec.filesystem("memory")
+    try:
+        (tmp_path / "got.mp4").write_bytes(fs.cat(f"/dreamfleet-seg-{tmp_path.name}/out/clip.mp4"))
+        assert _decode(tmp_path / "got.mp4")[0] == _decode(clip)[0]
+        run_job(cfg, [str(clip)], tmp_path / "local", create_backend, progress=False)
+        x, y = _frames(location(out), cfg, "clip.mp4"), _frames(tmp_path / "local", cfg, "clip.mp4")
+        assert len(x) == len(y) == 14 and all(np.array_equal(p, q) for p, q in zip(x, y))
+    finally:
+        fs.rm(f"/dreamfleet-seg-{tmp_path.name}", recursive=True)
+        import shutil
+
+        shutil.rmtree(state_root(location(out), cfg.param_hash(), "clip.mp4"), ignore_errors=True)
