@@ -76,6 +76,7 @@ def test_split_video_equals_the_unsplit_one_bit_for_bit(tmp_path):
     [a], [b] = whole.records, split.records  # one record per video, not per segment
     assert a.status == b.status == "done"
     assert b.video["segments"] == [[0, 4], [4, 7], [7, 11], [11, None]]
+    assert b.video["frames_per_s"] > 0 and b.video["parts"] == 4 and b.video["frames_dreamed_now"] == 14
     assert b.video["frames"] == a.video["frames"] == 14 and b.video["cuts"] == a.video["cuts"] == 3
     x, y = _frames(tmp_path / "whole", cfg, "clip.mp4"), _frames(tmp_path / "split", cfg, "clip.mp4")
     assert len(x) == len(y) == 14 and all(np.array_equal(p, q) for p, q in zip(x, y))

@@ -58,6 +58,7 @@ def finish_segment(lane, cfg, storage, worker: str | None, metadata: dict) -> Im
                                retryable=lane.failed is not None, shape=list(item.hw), worker=worker, video=facts)
         facts["cut_start"] = item.part > 0 and lane.source.flow is not None  # a cut the unsplit chain counts
         facts["reliable_sum"], facts["worker"] = lane.reliable, worker
+        facts["wall"] = [time.time() - (time.perf_counter() - lane.t0), time.time()]  # epoch s: the lane's life
         atomic_write(lane.store.root / DONE_NAME, json.dumps(facts).encode(), fsync=True)
         return segment_record(item, facts, worker)
     finally:
@@ -84,9 +85,12 @@ def _joined_facts(markers: list[dict], spans: list) -> dict:
               if m.get("frames_dreamed_now")]  # the first frame each segment dreamed in this run
     resumed = facts["frames_dreamed_now"] < facts["frames"]
     facts["resumed_at"] = (min(firsts) if firsts else facts["range"][0] + facts["frames"]) if resumed else None
+    walls = [m["wall"] for m in markers if m.get("frames_dreamed_now") and m.get("wall")]
+    seconds = max(w[1] for w in walls) - min(w[0] for w in walls) if walls else 0.0  # segments overlap in time
+    facts["frames_per_s"] = round(facts["frames_dreamed_now"] / seconds, 3) if seconds > 0 else None
     facts["segments"] = [list(s) for s in spans]
     facts["segment_workers"] = [m.get("worker") for m in markers]
-    for key in ("segment", "part", "cut_start", "reliable_sum", "worker", "frames_per_s"):
+    for key in ("segment", "part", "cut_start", "reliable_sum", "worker", "wall"):
         facts.pop(key, None)
     return facts
 
