@@ -32,6 +32,7 @@ from .contact_sheet import SHEET_NAME, make_contact_sheet
 from .manifest import ManifestWriter, Reconciler, auto_shard_size, make_shards
 from .pool import WorkerPool
 from .progress import Progress
+from .segments import for_cluster, video_count
 from .sizing import pool_options_for, resolve_pool_options
 
 log = logging.getLogger(__name__)
@@ -152,9 +153,10 @@ def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, starte
         joined = bool(opts.address or os.environ.get("RAY_ADDRESS")) or not started_here  # may autoscale
         pool_opts = pool_options_for(ray, opts, cfg, can_grow=joined)  # may wait for GPU nodes
         resources = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        plan.todo = for_cluster(plan.todo, len(nodes))  # object-store output on several nodes: videos whole
         shard_size = opts.shard_size or auto_shard_size(len(plan.todo), pool_opts.workers, cfg.batch_size)
         shards = make_shards(plan.todo, shard_size)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
         report.extra["cluster"] = {"resources": resources, "nodes": len(nodes), "workers": pool_opts.workers,
                                    "gpus_per_worker": pool_opts.gpus_per_worker,
                                    "cpus_per_worker": pool_opts.cpus_per_worker, "shards": len(shards),
@@ -162,7 +164,7 @@ def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, starte
                                    "ray": ray.__version__, "address": opts.address or "local"}
         log.info("%d shards of <= %d images on %d workers (%g GPU each); cluster %s", len(shards), shard_size,
                  pool_opts.workers, pool_opts.gpus_per_worker, resources)
-        bar = Progress(len(plan.todo), progress)
+        bar = Progress(video_count(plan.todo), progress)
         pool = WorkerPool(cfg, backend_factory, pool_opts, plan.shapes, started=started)
 
         stop: dict = {}  # a worker's write guard tripped (persistent write error): dispatch nothing more

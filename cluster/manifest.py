@@ -115,7 +115,8 @@ class ManifestWriter:
 
     def add_todo(self, todo: list[WorkItem]) -> None:
         for item in todo:
-            self.add(item.path, item.rel, item.output, item.hw, "todo")
+            if not item.part:  # a long video split into segments is one input (cluster.segments)
+                self.add(item.path, item.rel, item.output, item.hw, "todo")
 
     def _entry(self, job: tuple) -> ManifestEntry:
         inp, rel, output, hw, planned = job

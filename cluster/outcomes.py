@@ -18,6 +18,7 @@ from dreamfleet.engine.runner import WorkItem
 from dreamfleet.engine.storage import is_url
 from dreamfleet.engine.writeguard import not_attempted
 
+from .segments import item_for
 from .worker import ShardResult
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,17 @@ class ShardOutcomes:
                 self._finalize(not_attempted(item.path, item.rel, why, None, item.hw))
 
     def _shard_done(self, result: ShardResult, items: list[WorkItem]) -> None:
-        by_rel = {i.rel: i for i in items}  # only this shard's: nothing per job is kept
         self.last_progress = time.perf_counter()
         w = self.stats.workers[result.worker]
         w["shards"] += 1
         w["busy_seconds"] += result.seconds
         for rec in result.records:
+            consumed, follow = self.segments.note(rec, items)  # segment records are not the video's record
+            self.queue.extend((next(self.shard_ids), [item]) for item in follow)
+            if consumed:
+                continue
             if rec.status == "failed" and rec.retryable:
-                self._charge(by_rel[rec.rel], rec.reason, rec)
+                self._charge(item_for(rec, items), rec.reason, rec)
                 continue
             w[rec.status] = w.get(rec.status, 0) + 1
             self._finalize(rec)

@@ -42,6 +42,7 @@ from dreamfleet.engine.storage import Storage
 from .outcomes import ShardOutcomes
 from .resources import alive_node_resources, request_bundles, worker_capacity
 from .retry import RetryPolicy
+from .segments import SegmentBook
 from .slots import (  # noqa: F401  (PoolOptions, NoLiveNode: re-exported for the driver and tests)
     MAX_START_FAILURES,
     NODE_CHECK_SECONDS,
@@ -135,6 +136,7 @@ class WorkerPool(ShardOutcomes):
         queue: deque = deque((next(self.shard_ids), s) for s in shards if s)
         self.policy = RetryPolicy(self.opts.retries)
         self.final: set[str] = set()
+        self.segments = SegmentBook()  # a long video's segments: its assembly once all are done
         self.on_record, self.queue = on_record, queue
         self._grow()
         self.last_progress = time.perf_counter()

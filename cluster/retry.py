@@ -30,8 +30,8 @@ class RetryPolicy:
 
     def split(self, items: list[WorkItem]) -> list[list[WorkItem]]:
         """A failed shard of >1 images: each charged one failure; returns the two halves to requeue."""
-        for item in items:
-            self.failures[item.rel] = self.failures.get(item.rel, 0) + 1
+        for rel in dict.fromkeys(item.rel for item in items):  # a video's segments: one failure for the video
+            self.failures[rel] = self.failures.get(rel, 0) + 1
         half = len(items) // 2
         return [items[:half], items[half:]]
 

@@ -106,6 +106,8 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--crf", "crf", f"output quality, {CRF_RANGE[0]}..{CRF_RANGE[1]} (lower: better, larger)", type=int)
     opt("--video-codec", "video_codec", "output encoder, one the installed FFmpeg has (libx264, libx265, "
         "libvpx-vp9, libsvtav1, mpeg4, h264_nvenc on NVIDIA machines...)")
+    opt("--video-split-frames", "video_split_frames", "a video longer than this many frames is split at scene cuts "
+        "into segments dreamed in parallel (0: never split)", type=int)
     g.add_argument("--keep-frames", dest="keep_frames", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the dreamed frames (PNG) under OUT/.dreamfleet/video/ after encoding (default: off)")
     g = p.add_argument_group("execution")

@@ -41,7 +41,7 @@ TILEABLE_OBJECTIVES = ("l2", "channel", "guide")  # sums over positions: tile gr
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
                "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options", "reproducible",
-               "ort_trt", "keep_frames"}
+               "ort_trt", "keep_frames", "video_split_frames"}  # split only at cuts, where the chain restarts
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")  # storage options redacted in reports
 
 
@@ -85,6 +85,7 @@ class DreamConfig:
     crf: int = limited(18, lo=CRF_RANGE[0], hi=CRF_RANGE[1])  # output quality (constant rate factor)
     video_codec: str = "libx264"  # encoder of the output video (see engine.video.encode.available_codecs)
     keep_frames: bool = False  # keep the dreamed frames (PNG) under OUT/.dreamfleet/video/ after encoding
+    video_split_frames: int = limited(9000, lo=0, note="0: never split")  # longer videos: segments at scene cuts
     # execution
     batch_size: int = limited(8, lo=1)
     threads: int = limited(0, lo=0, note="0: one per core")  # torch intra-op threads for an in-process job (0: torch's default, one per core)

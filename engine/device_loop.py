@@ -51,6 +51,9 @@ class WorkItem:
     hw: tuple[int, int]  # working (H, W)
     kind: str = "image"  # image | video (a video is one unit of work: all its frames on one worker)
     frames: int = 0  # video: frames to dream (progress and ETA); 0 for an image
+    span: tuple | None = None  # a video segment: frames [start, stop) (stop None: to the end); None: whole
+    part: int = 0  # which segment of a split video (engine.video.segments)
+    parts: int = 0  # 0: a whole video (or an image); n >= 2: split into n segments (span None: their assembly)
 
 
 @dataclass

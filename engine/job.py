@@ -184,8 +184,8 @@ def plan_job(cfg: DreamConfig, inputs: list[str], out_dir: Path | URL, storage: 
                 res = next(probed) if isinstance(c, tuple) else c
                 if isinstance(res, str):
                     foreign.append(res)
-                elif isinstance(res, WorkItem):
-                    plan.todo.append(res)
+                elif isinstance(res, (WorkItem, list)):  # a list: a long video's segments
+                    plan.todo.extend(res if isinstance(res, list) else [res])
                 else:
                     plan.planned[res.status] += 1
                     emit(res)

@@ -58,7 +58,8 @@ class DreamRunner(DeviceLoop):
             VideoScheduler(self, emit_seen, on_frames, tiles=lambda: TileScheduler(self, emit_seen)).run(videos)
         if self.storage.cause:  # a persistent write error stopped the job: what never ran is not attempted
             for item in tiled + videos:
-                if item.rel not in seen:
+                if item.rel not in seen:  # once per video, also one split into segments
+                    seen.add(item.rel)
                     emit(not_attempted(item.path, item.rel, self.storage.reason, self.worker, item.hw))
         return records
 

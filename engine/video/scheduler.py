@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,13 +32,13 @@ from ..device_loop import DeviceLoop, WorkItem
 from ..loop import dream_steps
 from ..pipeline import Window
 from ..report import ImageRecord
-from ..storage import is_url, location
 from ..tiling import needs_tiling
-from ..vocabulary import STATE_DIR, VIDEO_STATE_DIR
+from .assemble import SegmentParts, finish_any
 from .coherence import carried, hold, start_from
 from .decode import Decoder
-from .lanes import FrameSource, Lane, finish
+from .lanes import FrameSource, Lane
 from .probe import VideoLoadError, local_copy, probe_video
+from .segments import lane_range, state_root  # noqa: F401  (state_root: re-exported for callers)
 from .store import FrameStore
 
 log = logging.getLogger(__name__)
@@ -61,17 +59,6 @@ def frame_key(rel: str, index: int) -> str:
     return f"{rel}#frame{index}"
 
 
-def state_root(out_dir, param_hash: str, rel: str) -> Path:
-    """Where a video's frames and chain state live: OUT/.dreamfleet/video/<param hash>/<rel>/; for an
-    object-store output, the same below the local temporary folder (a rerun on this machine resumes)."""
-    out_dir = location(out_dir)
-    if is_url(out_dir):
-        base = Path(tempfile.gettempdir()) / "dreamfleet-video" / out_dir.protocol / out_dir.path.strip("/")
-    else:
-        base = out_dir / STATE_DIR
-    return base / VIDEO_STATE_DIR / param_hash / rel
-
-
 class VideoScheduler:
     """Dreams a list of video work items; ``emit`` gets one record per video, ``on_frames(n)`` counts frames."""
 
@@ -90,8 +77,10 @@ class VideoScheduler:
         self.decode_pool, self.write_pool = self.loop.pools()
         self.finishing = Window(max(2, self.loop.io_threads))  # encodes in flight (records in order)
         self.frame_writes = Window(2 * self.cfg.batch_size + max(1, self.loop.io_threads))
+        parts = SegmentParts(items, self.emit, self.cfg, self.loop.storage, self.loop.worker, self.loop.metadata)
+        self.emit = parts.emit  # a long video's segments: one record per video (engine.video.assemble)
         by_shape: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
-        for item in items:
+        for item in parts.to_dream(items, self.write_pool):
             by_shape[tuple(item.hw)].append(item)
         try:
             for hw, videos in sorted(by_shape.items()):
@@ -101,11 +90,12 @@ class VideoScheduler:
                 self.frame_writes.pop()
             while len(self.finishing):
                 self.emit(self.finishing.pop()[1])
+            parts.close()
 
     # --- lanes ---
     def _open(self, item: WorkItem) -> Lane | None:
         """A lane for ``item``, resumed from its stored state when there is one (None: recorded as failed)."""
-        start, stop = self.cfg.frame_range()
+        start, stop, root = lane_range(item, self.cfg, self.loop.metadata["param_hash"])  # a segment: its span
         files = contextlib.ExitStack()  # an object-store video is downloaded once, removed when the lane ends
         try:
             local = files.enter_context(local_copy(item.path, self.loop.storage))
@@ -115,7 +105,7 @@ class VideoScheduler:
             reason = str(exc) if isinstance(exc, VideoLoadError) else f"cannot read video: {type(exc).__name__}: {exc}"
             self.emit(ImageRecord(item.path, item.rel, "failed", reason=reason, worker=self.loop.worker))
             return None
-        store = FrameStore(state_root(_out_dir(item), self.loop.metadata["param_hash"], item.rel))
+        store = FrameStore(root)
         first, chain = store.resume_point(start)
         if chain is not None:
             log.info("%s: resuming at frame %d", item.rel, first)
@@ -140,7 +130,7 @@ class VideoScheduler:
             self._closing.remove(lane)
             while self.finishing.full():
                 self.emit(self.finishing.pop()[1])
-            self.finishing.push(self.write_pool.submit(finish, lane, self.cfg, self.loop.storage, self.loop.worker,
+            self.finishing.push(self.write_pool.submit(finish_any, lane, self.cfg, self.loop.storage, self.loop.worker,
                                                        self.loop.metadata), lane)
         for _, rec in self.finishing.ready():
             self.emit(rec)
@@ -290,11 +280,3 @@ def _save(store: FrameStore, frame, rgb: np.ndarray, chain: np.ndarray) -> str |
     except Exception as exc:  # noqa: BLE001 - disk full: the video fails, finished frames stay for a rerun
         return f"cannot write frame {frame.index}: {type(exc).__name__}: {exc}"
     return None
-
-
-def _out_dir(item: WorkItem):
-    """The job's output folder, from the item's output path and its relative path."""
-    out = location(item.output)
-    for _ in item.rel.split("/"):
-        out = out.parent
-    return out
