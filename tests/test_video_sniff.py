@@ -17,8 +17,8 @@ from video_fixtures import _add_audio, pan_frames  # noqa: E402
 from dreamfleet.backends import create_backend  # noqa: E402
 from dreamfleet.cli import main  # noqa: E402
 from dreamfleet.engine.config import make_config  # noqa: E402
-from dreamfleet.engine.job import run_job  # noqa: E402
 from dreamfleet.engine.inputs import discover  # noqa: E402
+from dreamfleet.engine.job import run_job  # noqa: E402
 from dreamfleet.engine.video.probe import NotAVideo, probe_video  # noqa: E402
 from dreamfleet.engine.video.sniff import content_kind, image_format, read_head, video_container  # noqa: E402
 
