@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from ..hostmem import share_main_arena
 from .base import Fence
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class CpuLanes:
             raise ValueError(f"need n >= 1 lanes of >= 1 threads, got {n} x {threads}")
         self.n, self.threads = n, threads
         default = torch.get_num_threads()
+        share_main_arena()  # the lanes' activations stay in the kept main heap (engine/hostmem.py)
         started = threading.Barrier(n + 1)
 
         def init() -> None:
