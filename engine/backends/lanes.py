@@ -95,7 +95,8 @@ class CpuLanes:
             raise ValueError(f"need n >= 1 lanes of >= 1 threads, got {n} x {threads}")
         self.n, self.threads = n, threads
         default = torch.get_num_threads()
-        share_main_arena()  # the lanes' activations stay in the kept main heap (engine/hostmem.py)
+        share_main_arena()  # lanes allocate from the kept main heap; only if no thread made an arena yet (the CLI
+        # calls it first thing: glibc fixes its arena limit once 8 arenas exist and reuses exited threads' arenas)
         started = threading.Barrier(n + 1)
 
         def init() -> None:
