@@ -116,7 +116,8 @@ def run_dreamfleet(photos: Path, out: Path, batch: int, threads: int, precision:
             "backend": report.get("backend"), "cpu_lanes": report.get("cpu_lanes")}
 
 
-def cases(precisions: tuple[str, ...], allocator_ab: bool = False, lanes_ab: bool = False) -> list[tuple[str, int, str]]:
+def cases(precisions: tuple[str, ...], allocator_ab: bool = False,
+          lanes_ab: bool = False) -> list[tuple[str, int, str]]:
     """(name, batch size, precision); batch 0 is the peer; a name ending in -nocache runs with glibc's defaults,
     one ending in -nolanes with ``--cpu-lanes 1`` (each right after its case with lanes: they alternate)."""
     out = [("peer", 0, "fp32")]

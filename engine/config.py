@@ -88,7 +88,8 @@ class DreamConfig:
     # execution
     batch_size: int = limited(8, lo=1)
     threads: int = limited(0, lo=0, note="0: one per core")  # torch intra-op threads for an in-process job (0: torch's default, one per core)
-    cpu_lanes: int = limited(0, lo=0, hi=64, note="0: automatic, 1: off")  # CPU image batches dreamed on N threads side by side (engine/backends/lanes.py)
+    # CPU image batches dreamed on N threads side by side (engine/backends/lanes.py)
+    cpu_lanes: int = limited(0, lo=0, hi=64, note="0: automatic, 1: off")
     io_threads: int = limited(0, lo=-1, note="0: automatic, -1: inline")  # decode and write threads, each pool (0: Ray's CPUs for the actor, else the cores)
     seed: int = limited(0, lo=0)
     precision: str = "fp32"

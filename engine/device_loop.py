@@ -7,10 +7,11 @@ queue of a batch on the device (upload, every step of ``engine.loop``, the uint8
 ``Backend.fence``), the one wait per batch (``host_results``), split-and-retry of a failing
 batch (one poison image does not take its neighbours down; CUDA out-of-memory also halves
 that shape's batch size for the rest of the run), the decode and write thread pools
-(``engine.pipeline``) and the atomic ``write_output``. It never raises for a bad image: a
-file that can't be read, a batch that fails in the model, or an output that can't be written
-becomes a failure record. ``engine.runner.DreamRunner`` is a DeviceLoop that dispatches
-work items to the three schedulers.
+(``engine.pipeline``) and the atomic ``write_output``. On a multi-core CPU the image buckets'
+batches run on CPU lanes (``engine.backends.lanes``: chunks dreamed side by side on threads with
+fewer intra-op threads). It never raises for a bad image: a file that can't be read, a batch that
+fails in the model, or an output that can't be written becomes a failure record.
+``engine.runner.DreamRunner`` is a DeviceLoop that dispatches work items to the three schedulers.
 """
 from __future__ import annotations
 

@@ -151,4 +151,5 @@ def _noop() -> None:
     """A task that makes the pool start one more worker (its initializer does the work)."""
 
 
-__all__ = ["make_lanes", "CpuLanes", "LanePending", "queue_on_lanes", "LANE_BUDGET_BYTES", "auto_lanes", "lane_chunks", "lanes_apply"]
+__all__ = ["LANE_BUDGET_BYTES", "CpuLanes", "LanePending", "auto_lanes", "lane_chunks", "lanes_apply", "make_lanes",
+           "queue_on_lanes"]
