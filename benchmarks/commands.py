@@ -86,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=2, help="--peer: torch threads in every case (default: 2)")
     g.add_argument("--allocator-ab", action="store_true", help="--peer: also batch 1 and 8 with glibc's default "
                    "allocator settings (DREAMFLEET_CACHE_HOST_ALLOCATIONS=0), the state before issue 17's fix")
+    g.add_argument("--lanes-ab", action="store_true", help="--peer: also batch 1 and 8 with --cpu-lanes 1 (no CPU "
+                   "lanes; rows dreamfleet-b1-nolanes / -b8-nolanes), each right after its case with lanes")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -136,7 +138,7 @@ def handle(args: argparse.Namespace) -> int:
         from .peer_bench import run_peer_bench, table
 
         print(table(run_peer_bench(args.repeats or 3, args.images or 8, args.threads, args.precisions, out,
-                                   args.allocator_ab)))
+                                   args.allocator_ab, args.lanes_ab)))
         return 0
     if args.pipeline and args.tiled:
         from .tiled_pipeline import format_row, run_tiled_pipeline_bench

@@ -6,6 +6,8 @@ The job (issue 17): random-init torchvision VGG16 up to relu4_3 (``--model vgg16
 
 - ``peer``: ``benchmarks/peer_baseline.py`` (our harness of the peer's loop), one image at a time;
 - ``dreamfleet-b1`` / ``dreamfleet-b8``: ``dreamfleet dream`` with ``--batch-size`` 1 / 8;
+- optionally ``dreamfleet-b1-nolanes`` / ``dreamfleet-b8-nolanes`` (``--lanes-ab``): the same with
+  ``--cpu-lanes 1`` (no CPU lanes), so lanes are compared within one run, cases alternating;
 - optionally ``dreamfleet-b8-<precision>`` (``--precisions auto``): the same with ``--precision``.
 
 Every round runs every case once, in turn (the machine is shared: cases alternate so load drifts hit
@@ -89,31 +91,38 @@ def run_peer(photos: Path, out: Path, threads: int) -> dict:
             "octave_shapes": res["octave_shapes"]}
 
 
-def dream_command(photos: Path, out: Path, batch: int, threads: int, precision: str = "fp32") -> list[str]:
-    """The ``dreamfleet dream`` command line of the job."""
+def dream_command(photos: Path, out: Path, batch: int, threads: int, precision: str = "fp32",
+                  lanes: int | None = None) -> list[str]:
+    """The ``dreamfleet dream`` command line of the job (``lanes``: ``--cpu-lanes``; None: the default, auto)."""
+    extra = [] if lanes is None else ["--cpu-lanes", str(lanes)]
     return [sys.executable, "-m", "dreamfleet.cli", "dream", str(photos), "-o", str(out), "--overwrite",
             "--no-progress", "--model", JOB["model"], "--layer", JOB["layer"], "--random-weights",
             "--octaves", str(JOB["octaves"]), "--octave-scale", str(JOB["octave_scale"]),
             "--iterations", str(JOB["iterations"]), "--jitter", str(JOB["jitter"]), "--smooth", JOB["smooth"],
             "--smooth-sigma", JOB["smooth_sigma"], "--step", str(JOB["step"]), "--step-units", "normalized",
-            "--batch-size", str(batch), "--threads", str(threads), "--precision", precision, "--device", "cpu"]
+            "--batch-size", str(batch), "--threads", str(threads), "--precision", precision, "--device", "cpu"] + extra
 
 
 def run_dreamfleet(photos: Path, out: Path, batch: int, threads: int, precision: str = "fp32",
-                   cache: bool = True) -> dict:
-    _child(dream_command(photos, out, batch, threads, precision), threads, **{CACHE_ENV: "1" if cache else "0"})
+                   cache: bool = True, lanes: int | None = None) -> dict:
+    _child(dream_command(photos, out, batch, threads, precision, lanes), threads,
+           **{CACHE_ENV: "1" if cache else "0"})
     report = json.loads((out / "dreamfleet-report.json").read_text())
     t = report["totals"]
     if t["done"] != t["images"]:
         raise RuntimeError(f"dreamfleet dream: {t['done']} of {t['images']} images done")
     return {"seconds": t["work_seconds"], "cpu_seconds": report.get("work_cpu_seconds"), "images": t["done"],
             "page_faults": report.get("work_page_faults"),
-            "backend": report.get("backend")}
+            "backend": report.get("backend"), "cpu_lanes": report.get("cpu_lanes")}
 
 
-def cases(precisions: tuple[str, ...], allocator_ab: bool = False) -> list[tuple[str, int, str]]:
-    """(name, batch size, precision); batch 0 is the peer; a name ending in -nocache runs with glibc's defaults."""
-    out = [("peer", 0, "fp32"), ("dreamfleet-b1", 1, "fp32"), ("dreamfleet-b8", 8, "fp32")]
+def cases(precisions: tuple[str, ...], allocator_ab: bool = False,
+          lanes_ab: bool = False) -> list[tuple[str, int, str]]:
+    """(name, batch size, precision); batch 0 is the peer; a name ending in -nocache runs with glibc's defaults,
+    one ending in -nolanes with ``--cpu-lanes 1`` (each right after its case with lanes: they alternate)."""
+    out = [("peer", 0, "fp32")]
+    for b in (1, 8):
+        out += [(f"dreamfleet-b{b}", b, "fp32")] + ([(f"dreamfleet-b{b}-nolanes", b, "fp32")] if lanes_ab else [])
     if allocator_ab:  # the fix of issue 17 switched off (DREAMFLEET_CACHE_HOST_ALLOCATIONS=0)
         out += [("dreamfleet-b1-nocache", 1, "fp32"), ("dreamfleet-b8-nocache", 8, "fp32")]
     return out + [(f"dreamfleet-b8-{p}", 8, p) for p in precisions if p != "fp32"]
@@ -134,19 +143,20 @@ def summarize(name: str, runs: list[dict], peer_runs: list[dict]) -> dict:
 
 
 def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precisions: tuple[str, ...] = (),
-                   out: str | Path | None = None, allocator_ab: bool = False) -> list[dict]:
+                   out: str | Path | None = None, allocator_ab: bool = False, lanes_ab: bool = False) -> list[dict]:
     """Alternate every case ``rounds`` times; returns (and appends) one row per case."""
     work = Path(tempfile.mkdtemp(prefix="dreamfleet-peer-"))
     photos = work / "photos"
     make_photos(photos, images, (JOB["width"], JOB["height"]))
-    todo = cases(precisions, allocator_ab)
+    todo = cases(precisions, allocator_ab, lanes_ab)
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in todo}
     load_before = os.getloadavg()
     for r in range(rounds):
         for name, batch, precision in todo:
             dest = work / f"out-{name}"
             res = run_peer(photos, dest, threads) if batch == 0 else run_dreamfleet(
-                photos, dest, batch, threads, precision, cache=not name.endswith("-nocache"))
+                photos, dest, batch, threads, precision, cache=not name.endswith("-nocache"),
+                lanes=1 if name.endswith("-nolanes") else None)
             runs[name].append(res)
             log.info("round %d %-21s %.4f images/s (%.1f s, %.1f CPU s, %d page faults, load %s)", r + 1, name,
                      res["images"] / res["seconds"], res["seconds"], res["cpu_seconds"], res["page_faults"],
@@ -159,7 +169,7 @@ def run_peer_bench(rounds: int = 3, images: int = 8, threads: int = 2, precision
         row = summarize(name, runs[name], runs["peer"])
         row.update(bench="peer", batch_size=batch or 1, precision=precision, rounds=rounds, images=images,
                    threads=threads, job=JOB, peer_octave_shapes=runs["peer"][0]["octave_shapes"],
-                   backend=runs[name][0].get("backend"), thp_env_bench=os.environ.get(THP_ENV),
+                   backend=runs[name][0].get("backend"), cpu_lanes=runs[name][0].get("cpu_lanes"), thp_env_bench=os.environ.get(THP_ENV),
                    peer_env="plain (no THP_MEM_ALLOC_ENABLE, no DREAMFLEET_* variables)",
                    omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
                    load_avg_before=[round(v, 2) for v in load_before],

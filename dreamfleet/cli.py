@@ -12,7 +12,7 @@ import logging
 import sys
 
 from dreamfleet.engine.config import config_to_dict
-from dreamfleet.engine.hostmem import enable_huge_pages
+from dreamfleet.engine.hostmem import enable_huge_pages, share_main_arena
 from dreamfleet.engine.version import dreamfleet_version
 from dreamfleet.engine.vocabulary import REPORT_NAME
 
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     enable_huge_pages()  # before anything imports torch: PyTorch reads it once (engine/hostmem.py)
+    share_main_arena()  # before any thread exists: CPU lanes' activations stay in the kept main heap (issue 17)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO

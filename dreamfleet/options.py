@@ -114,6 +114,9 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
     opt("--batch-size", "batch_size", "images per forward/backward", type=int)
     opt("--threads", "threads", "torch CPU threads for `dream` (0: one per core); `run` uses --threads-per-worker",
         type=int)
+    opt("--cpu-lanes", "cpu_lanes", "CPU: dream N batches (or chunks of a batch) side by side, each lane on "
+        "threads / N cores; same results (0: 2 on >= 2 cores, 1: off; untiled fp32/fp64 eager image batches only)",
+        type=int)
     opt("--io-threads", "io_threads", "decode threads and write threads beside the device loop (0: the CPUs Ray "
         "gave the worker, else the machine's cores; -1: inline, no overlap)", type=int)
     opt("--seed", "seed", "job seed; each image's jitter stream derives from it and the image's path", type=int)

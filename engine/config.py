@@ -40,8 +40,8 @@ TILEABLE_OBJECTIVES = ("l2", "channel", "guide")  # sums over positions: tile gr
 
 # fields that do not change the pixels of a result
 _NOT_HASHED = {"batch_size", "backend", "device", "onnx", "overwrite", "channels_last", "max_pixels", "output_format",
-               "preset", "cache_dir", "compile_mode", "threads", "io_threads", "storage_options", "reproducible",
-               "ort_trt", "keep_frames", "video_split_frames"}  # split only at cuts, where the chain restarts
+               "preset", "cache_dir", "compile_mode", "threads", "cpu_lanes", "io_threads", "storage_options",
+               "reproducible", "ort_trt", "keep_frames", "video_split_frames"}  # split only at cuts, where the chain restarts
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")  # storage options redacted in reports
 
 
@@ -89,6 +89,8 @@ class DreamConfig:
     # execution
     batch_size: int = limited(8, lo=1)
     threads: int = limited(0, lo=0, note="0: one per core")  # torch intra-op threads for an in-process job (0: torch's default, one per core)
+    # CPU image batches dreamed on N threads side by side (engine/backends/lanes.py)
+    cpu_lanes: int = limited(0, lo=0, hi=64, note="0: automatic, 1: off")
     io_threads: int = limited(0, lo=-1, note="0: automatic, -1: inline")  # decode and write threads, each pool (0: Ray's CPUs for the actor, else the cores)
     seed: int = limited(0, lo=0)
     precision: str = "fp32"

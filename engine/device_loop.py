@@ -7,10 +7,11 @@ queue of a batch on the device (upload, every step of ``engine.loop``, the uint8
 ``Backend.fence``), the one wait per batch (``host_results``), split-and-retry of a failing
 batch (one poison image does not take its neighbours down; CUDA out-of-memory also halves
 that shape's batch size for the rest of the run), the decode and write thread pools
-(``engine.pipeline``) and the atomic ``write_output``. It never raises for a bad image: a
-file that can't be read, a batch that fails in the model, or an output that can't be written
-becomes a failure record. ``engine.runner.DreamRunner`` is a DeviceLoop that dispatches
-work items to the three schedulers.
+(``engine.pipeline``) and the atomic ``write_output``. On a multi-core CPU the image buckets'
+batches run on CPU lanes (``engine.backends.lanes``: chunks dreamed side by side on threads with
+fewer intra-op threads). It never raises for a bad image: a file that can't be read, a batch that
+fails in the model, or an output that can't be written becomes a failure record.
+``engine.runner.DreamRunner`` is a DeviceLoop that dispatches work items to the three schedulers.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 
 from .backends.base import Backend, is_oom
 from .backends.eager import loop_dtype, resolve_device
+from .backends.lanes import make_lanes, queue_on_lanes
 from .build import DreamModel, build_dream_model_for
 from .config import DreamConfig
 from .hostmem import cache_host_allocations
@@ -92,6 +94,10 @@ class DeviceLoop:
         self.dm = build_dream_model_for(cfg, guide)
         self.backend = backend_factory(self.dm, cfg, self.device)
         self.dtype = loop_dtype(cfg.precision)
+        # issue 17: on a multi-core CPU, independent batches / chunks dream side by side (engine/backends/lanes.py)
+        self.lanes = make_lanes(cfg.cpu_lanes, self.device, self.backend.name,
+                                getattr(self.backend, "precision", cfg.precision), cfg.reproducible,
+                                self.dm.module.needs_guide)
         self.transfer = HostTransfer(self.device)  # issue 9: pinned uint8 transfers, one sync per batch
         # made once: ImageSpace.create copies host lists to the device, a blocking copy (on CUDA a stream sync
         # that would wait for the batch in flight) if done per batch
@@ -118,6 +124,9 @@ class DeviceLoop:
             for pool in self._pools:
                 pool.shutdown(wait=True)
             self._pools = None
+        if self.lanes is not None:
+            self.lanes.close()
+            self.lanes = None
         self.backend.close()
 
     def pools(self) -> tuple:
@@ -144,8 +153,15 @@ class DeviceLoop:
         """Queue a host batch x[N,3,H,W] on the device without waiting: upload (pinned, uint8 on the wire, /255 on
         the device), every step, the uint8 download (quantized on the device, non-blocking), then a fence.
 
-        Returns (dreamed pixels [N,3,H,W] on the device, transfer.Pending, Backend fence)."""
+        Returns (dreamed pixels [N,3,H,W] on the device, transfer.Pending, Backend fence). With CPU lanes the
+        batch's chunks queue on the lanes instead (out None; the results come through the pending)."""
+        if self.lanes is not None:
+            return queue_on_lanes(self.lanes, self.transfer.upload(x).to(self.dtype), keys, self._dream_chunk)
         return self.queue_pixels(self.transfer.upload(x).to(self.dtype), keys)
+
+    def _dream_chunk(self, pixels: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """A lane's work: pixels [n,3,H,W] in [0,1] -> dreamed uint8 [n,3,H,W], as ``queue_pixels`` makes them."""
+        return self.transfer.quantize(dream_tensor(self.backend, pixels, self.cfg, self.dm.spec, keys, self.space))
 
     def queue_pixels(self, pixels: torch.Tensor, keys: list[str], reuse: bool = True) -> tuple:
         """``_queue`` for pixels already on the device [N,3,H,W] in [0,1] (a video's initial frames): every step

@@ -260,6 +260,7 @@ def run_job(cfg: DreamConfig, inputs: list[str], out_dir: str | Path | URL, back
                 torch.set_num_threads(cfg.threads)
             runner = DreamRunner(cfg, backend_factory)
             report.extra["backend"] = runner.backend.describe()
+            report.extra["cpu_lanes"] = runner.lanes.describe() if runner.lanes else None  # issue 17: lanes used
             report.extra["weights"] = runner.dm.weights_info
             try:
                 runner.prepare(plan.shapes)

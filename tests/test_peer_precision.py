@@ -71,6 +71,10 @@ def test_peer_bench_cases_command_and_per_round_ratios():
     assert [c[0] for c in cases(())] == ["peer", "dreamfleet-b1", "dreamfleet-b8"]
     assert [c[0] for c in cases(("fp32", "auto"), allocator_ab=True)][3:] == [
         "dreamfleet-b1-nocache", "dreamfleet-b8-nocache", "dreamfleet-b8-auto"]
+    assert [c[0] for c in cases((), lanes_ab=True)] == [  # lanes and no lanes alternate
+        "peer", "dreamfleet-b1", "dreamfleet-b1-nolanes", "dreamfleet-b8", "dreamfleet-b8-nolanes"]
+    assert dream_command(Path("in"), Path("out"), 1, 2, lanes=1)[-2:] == ["--cpu-lanes", "1"]
+    assert "--cpu-lanes" not in dream_command(Path("in"), Path("out"), 1, 2)  # lanes: the default (auto)
     cmd = " ".join(dream_command(Path("in"), Path("out"), 8, 2, "auto"))
     for part in ("dream in -o out", "--model vgg16 --layer features.22 --random-weights", "--octaves 4",
                  "--octave-scale 1.4", "--iterations 10", "--jitter 32", "--smooth gaussian", "--batch-size 8",
