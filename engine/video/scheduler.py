@@ -13,17 +13,17 @@ runs A, the same two-in-flight idea as the image buckets. On CPU the device work
 so one group takes every slot (a bigger batch, nothing to overlap). Decoding and flow run
 ahead on the decode threads; the warp runs on the device. Frames larger than one tile window
 (``--tile``) step through the tile scheduler's gradients (``tiles``, handed in: no scheduler imports
-another). Each landed frame and the chain state after it are written atomically
-(``engine.video.store``): a killed job resumes at the first unfinished frame.
+another). Each landed frame is written atomically, and every few frames (and after a video's last)
+the chain state after it, once the frames before it are written (``engine.video.store``): a killed
+job resumes after the newest chain state whose frames are all on disk.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,14 +34,13 @@ from ..device_loop import DeviceLoop, WorkItem
 from ..loop import dream_steps
 from ..pipeline import Window
 from ..report import ImageRecord
-from ..storage import is_url, location
+from ..storage import location
 from ..tiling import needs_tiling
-from ..vocabulary import STATE_DIR, VIDEO_STATE_DIR
 from .coherence import carried, hold, start_from
 from .decode import Decoder
 from .lanes import FrameSource, Lane, finish
 from .probe import VideoLoadError, local_copy, probe_video
-from .store import FrameStore
+from .store import FrameStore, checkpoint_due, save_frame, state_root
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +58,6 @@ class _Round:
 def frame_key(rel: str, index: int) -> str:
     """A frame's jitter key: the video's identity and the frame index (``engine.jitter.image_rng``)."""
     return f"{rel}#frame{index}"
-
-
-def state_root(out_dir, param_hash: str, rel: str) -> Path:
-    """Where a video's frames and chain state live: OUT/.dreamfleet/video/<param hash>/<rel>/; for an
-    object-store output, the same below the local temporary folder (a rerun on this machine resumes)."""
-    out_dir = location(out_dir)
-    if is_url(out_dir):
-        base = Path(tempfile.gettempdir()) / "dreamfleet-video" / out_dir.protocol / out_dir.path.strip("/")
-    else:
-        base = out_dir / STATE_DIR
-    return base / VIDEO_STATE_DIR / param_hash / rel
 
 
 class VideoScheduler:
@@ -121,7 +109,7 @@ class VideoScheduler:
             log.info("%s: resuming at frame %d", item.rel, first)
         h, w = item.hw
         decoder = Decoder(local, None, first - 1 if chain is not None else first, stop, (w, h), info)
-        lane = Lane(item, info, store, FrameSource(decoder, self.flow), start, first, chain, local=local, files=files)
+        lane = Lane(item, info, store, FrameSource(decoder, self.flow, self.loop.stages), start, first, chain, local=local, files=files)
         lane.request(self.decode_pool)
         return lane
 
@@ -138,6 +126,7 @@ class VideoScheduler:
     def _close_ready(self) -> None:
         for lane in [ln for ln in self._closing if ln.inflight == 0]:
             self._closing.remove(lane)
+            lane.final_checkpoint(self.write_pool)
             while self.finishing.full():
                 self.emit(self.finishing.pop()[1])
             self.finishing.push(self.write_pool.submit(finish, lane, self.cfg, self.loop.storage, self.loop.worker,
@@ -208,6 +197,7 @@ class VideoScheduler:
 
     def _launch(self, rows: list, hw: tuple[int, int]) -> _Round:
         """Queue one lockstep batch (no wait); rows that fail even alone fail their video."""
+        t0 = time.perf_counter()
         src, init, held = self._initial(rows)
         keys = [frame_key(lane.item.rel, frame.index) for lane, frame, _ in rows]
         failed: dict = {}
@@ -225,6 +215,7 @@ class VideoScheduler:
         for i, (lane, _, _) in enumerate(rows):
             lane.prev_src, lane.prev_dream = src[i], out[i]
             lane.inflight += 1
+        self.loop.stages.add("loop", time.perf_counter() - t0, len(rows))
         return _Round([(lane, frame) for lane, frame, _ in rows], out, pending, fence, failed)
 
     def _queue(self, init: torch.Tensor, keys: list[str], hw: tuple[int, int]) -> tuple:
@@ -259,10 +250,11 @@ class VideoScheduler:
         return torch.cat(outs), failed
 
     def _land(self, r: _Round) -> None:
-        """Wait for a round, hand its frames and chain states to the writers, count progress, close ended lanes."""
+        """Wait for a round, hand its frames (and the chain states due) to the writers, count progress, close
+        ended lanes."""
+        t0 = time.perf_counter()
         host = self.loop.host_results(r.pending, r.fence)  # uint8 [3,H,W] each
-        chains = r.out.detach().to("cpu", torch.float32).numpy()  # [N,3,H,W] the chain states, exact
-        r.out = None
+        self.loop.stages.add("device_wait", time.perf_counter() - t0, len(r.rows))
         done = 0
         for i, (lane, frame) in enumerate(r.rows):
             lane.inflight -= 1
@@ -272,24 +264,22 @@ class VideoScheduler:
                 continue
             while self.frame_writes.full():
                 self.frame_writes.pop()
-            fut = self.write_pool.submit(_save, lane.store, frame, host[i].permute(1, 2, 0).numpy(), chains[i].copy())
+            chain, before = None, ()
+            if checkpoint_due(frame.index):  # the chain state after this frame [3,H,W], exact, once its frames are written
+                chain, before = r.out[i].detach().to("cpu", torch.float32).numpy(), list(lane.writes)
+                lane.checkpointed = frame.index
+            rgb = host[i].permute(1, 2, 0).numpy()  # [H,W,3] uint8
+            fut = self.write_pool.submit(save_frame, lane.store, frame, rgb, chain, before, self.loop.stages)
             self.frame_writes.push(fut)
+            lane.last_index = frame.index
             lane.writes = [f for f in lane.writes if not f.done() or f.result()] + [fut]
             lane.dreamed += 1
             done += 1
+        r.out = None
         self.on_frames(done)
         for _ in self.frame_writes.ready():  # drop finished writes (their errors are in lane.writes)
             pass
         self._close_ready()
-
-
-def _save(store: FrameStore, frame, rgb: np.ndarray, chain: np.ndarray) -> str | None:
-    """Writer thread: one frame and its chain state, atomically; the failure reason or None."""
-    try:
-        store.save(frame.index, frame.pts, frame.duration, rgb, chain)
-    except Exception as exc:  # noqa: BLE001 - disk full: the video fails, finished frames stay for a rerun
-        return f"cannot write frame {frame.index}: {type(exc).__name__}: {exc}"
-    return None
 
 
 def _out_dir(item: WorkItem):
