@@ -9,6 +9,7 @@ frames (``engine.video.store``) into the output video on a writer thread (``fini
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -28,6 +29,23 @@ log = logging.getLogger(__name__)
 REQUEST_BYTES = 4 << 20  # a decode request prepares about this many bytes of frames and flow (one per lane out)
 AHEAD_MIN, AHEAD_MAX = 4, 32  # frames per request: small frames are decoded in longer runs, large ones 4 at a time
 FLOW_MAX_SIDE = 1024  # larger frames (4K through the tile path) get their flow from a copy this size
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """Small tensor work on the CPU (upload, warp, temporal step of a lockstep batch: [N,3,H,W] elementwise) with
+    one intra-op thread: past 32k elements torch splits each op over its threads, and on a busy machine every such
+    split waits for a descheduled thread (measured under load: warp + start + hold 0.4 ms on one thread, 15-90 ms on
+    two). Elementwise results do not depend on the thread count, so batching stays exact. The dream keeps all threads."""
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def request_frames(w: int, h: int, flow: bool) -> int:

@@ -38,7 +38,7 @@ from ..storage import location
 from ..tiling import needs_tiling
 from .coherence import carried, hold, start_from
 from .decode import Decoder
-from .lanes import FrameSource, Lane, finish
+from .lanes import FrameSource, Lane, finish, one_thread
 from .probe import VideoLoadError, local_copy, probe_video
 from .store import FrameStore, checkpoint_due, save_frame, state_root
 
@@ -198,7 +198,8 @@ class VideoScheduler:
     def _launch(self, rows: list, hw: tuple[int, int]) -> _Round:
         """Queue one lockstep batch (no wait); rows that fail even alone fail their video."""
         t0 = time.perf_counter()
-        src, init, held = self._initial(rows)
+        with one_thread(self.loop.device):
+            src, init, held = self._initial(rows)
         keys = [frame_key(lane.item.rel, frame.index) for lane, frame, _ in rows]
         failed: dict = {}
         try:
@@ -210,7 +211,8 @@ class VideoScheduler:
         if reason is not None:
             out, failed = self._retry_alone(init, keys, hw, rows, reason, oom)
         if reason is not None or held is not None:  # the dreams after the temporal step are what is written
-            out = out if held is None else hold(out, src, *held)
+            with one_thread(self.loop.device):
+                out = out if held is None else hold(out, src, *held)
             pending, fence = self.loop.transfer.download(out, reuse=False), self.loop.backend.fence()
         for i, (lane, _, _) in enumerate(rows):
             lane.prev_src, lane.prev_dream = src[i], out[i]
