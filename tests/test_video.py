@@ -17,10 +17,10 @@ from video_fixtures import NTSC, pan_clip, pan_frames, write_clip  # noqa: E402
 from dreamfleet.backends import create_backend  # noqa: E402
 from dreamfleet.engine.config import make_config  # noqa: E402
 from dreamfleet.engine.job import run_job  # noqa: E402
+from dreamfleet.engine.video import store as store_mod  # noqa: E402
 from dreamfleet.engine.video.coherence import carried, hold, initial_frames, sequence_flicker, warp  # noqa: E402
 from dreamfleet.engine.video.flow import warp_np  # noqa: E402
 from dreamfleet.engine.video.scheduler import VideoScheduler, state_root  # noqa: E402
-from dreamfleet.engine.video import store as store_mod  # noqa: E402
 from dreamfleet.engine.video.store import FrameStore  # noqa: E402
 
 SIZE = (64, 48)  # W, H of the test clips: the working size as is (max_side 64, snap 16)
