@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--video", action="store_true", help="video: frames/s of clips in lockstep vs one at a time vs "
                    "the image path, and flicker vs independent frames -> results/video_<device>.jsonl")
     g.add_argument("--clips", type=int, default=3, help="--video: clips of one size in the lockstep job (default: 3)")
-    g.add_argument("--frames", type=int, default=16, help="--video: frames per clip (default: 16)")
+    g.add_argument("--frames", type=int, default=48, help="--video: frames per clip (default: 48)")
     g.add_argument("--strip", default=None, metavar="PNG", help="--video: also write a frame strip (sources, "
                    "coherent, independent) to PNG")
     p.add_argument("--report-only", action="store_true", help="only rebuild latest.md and chart.png from the results")
@@ -130,7 +130,7 @@ def handle(args: argparse.Namespace) -> int:
         from .video_bench import format_row, run_video_bench
 
         device = str(resolve_device(args.device))
-        row = run_video_bench(args.clips, args.frames, repeats=args.repeats or 2, device=device, results=Path(out),
+        row = run_video_bench(args.clips, args.frames, repeats=args.repeats or 3, device=device, results=Path(out),
                               strip=Path(args.strip) if args.strip else None)
         print(format_row(row))
         return 0

@@ -77,7 +77,28 @@ def _timed(runner, cfg, inputs: list[str], out: Path) -> tuple[float, list]:
     return seconds, recs
 
 
-def run_video_bench(clips: int = 3, frames: int = 16, size: tuple[int, int] = (96, 64), repeats: int = 2,
+CASES = ("lockstep", "one_clip", "sequential", "images")
+
+
+def _case(runner, cfg, case: str, paths: list[str], images: list[str], out: Path) -> dict:
+    """One timed case: wall and process CPU seconds, and the host time per frame by stage (summed over threads)."""
+    runner.stages.reset()
+    c0 = time.process_time()
+    if case == "sequential":
+        seconds = sum(_timed(runner, cfg, [p], out / str(k))[0] for k, p in enumerate(paths))
+    else:
+        seconds = _timed(runner, cfg, {"lockstep": paths, "one_clip": paths[:1], "images": images}[case], out)[0]
+    host = {k: v for k, v in runner.stages.per_image_ms().items() if v is not None}
+    return {"s": seconds, "cpu_s": time.process_time() - c0, "host_ms": host}
+
+
+def _ratios(sec: dict) -> dict:
+    """The issue's two throughput figures from one set of case seconds."""
+    return {"lockstep_vs_images": round(sec["images"] / sec["lockstep"], 3),
+            "lockstep_vs_one_clip_time": round(sec["lockstep"] / sec["one_clip"], 3)}
+
+
+def run_video_bench(clips: int = 3, frames: int = 48, size: tuple[int, int] = (96, 64), repeats: int = 3,
                     flicker_frames: int = 16, device: str = "cpu", results: Path = RESULTS,
                     strip: Path | None = None, flicker_size: tuple[int, int] = (256, 144)) -> dict:
     from dreamfleet.backends import create_backend
@@ -89,7 +110,7 @@ def run_video_bench(clips: int = 3, frames: int = 16, size: tuple[int, int] = (9
     cfg = make_config(None, None, base)
     root = Path(tempfile.mkdtemp(prefix="dreamfleet-video-bench-"))
     row: dict = {"bench": "video", "date": now_utc(), "clips": clips, "frames_per_clip": frames,
-                 "size": list(size), "config": config_to_dict(cfg)}
+                 "size": list(size), "repeats": repeats, "config": config_to_dict(cfg)}
     try:
         paths = [str(make_pan_clip(root / f"clip{i}.mp4", PHOTOS[i % len(PHOTOS)], frames, size)) for i in range(clips)]
         hw = (size[1], size[0])
@@ -104,32 +125,31 @@ def run_video_bench(clips: int = 3, frames: int = 16, size: tuple[int, int] = (9
         runner = DreamRunner(cfg, create_backend)
         runner.prepare([(clips, *hw), (1, *hw)])
         row["environment"] = environment(runner.device)
-        times: dict[str, list[float]] = {k: [] for k in ("lockstep", "one_clip", "sequential", "images")}
+        rounds: list[dict] = []
         try:
             _timed(runner, cfg, paths[:1], root / "warmup")  # warm-up: first-call allocations, thread pools
             for r in range(repeats):
-                order = list(times) if r % 2 == 0 else list(reversed(times))  # alternate the order per round
-                for case in order:
-                    out = root / f"{case}{r}"
-                    if case == "lockstep":
-                        times[case].append(_timed(runner, cfg, paths, out)[0])
-                    elif case == "one_clip":
-                        times[case].append(_timed(runner, cfg, paths[:1], out)[0])
-                    elif case == "sequential":
-                        times[case].append(sum(_timed(runner, cfg, [p], out / str(k))[0] for k, p in enumerate(paths)))
-                    else:
-                        times[case].append(_timed(runner, cfg, images, out)[0])
+                order = CASES if r % 2 == 0 else CASES[::-1]  # alternate the order per round (a noisy machine)
+                got = {case: _case(runner, cfg, case, paths, images, root / f"{case}{r}") for case in order}
+                sec = {k: v["s"] for k, v in got.items()}
+                cpu = {k: v["cpu_s"] for k, v in got.items()}
+                rounds.append({"round": r, "order": list(order), "seconds": {k: round(v, 3) for k, v in sec.items()},
+                               "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()}, **_ratios(sec),
+                               "cpu": _ratios(cpu), "host_ms_per_frame": {k: got[k]["host_ms"]
+                                                                          for k in ("lockstep", "images")}})
+                log.info("video bench round %d: %s", r, rounds[-1])
         finally:
             runner.close()
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = {k: statistics.median(rd["seconds"][k] for rd in rounds) for k in CASES}
         n = clips * frames
-        row.update({"seconds": {k: round(v, 3) for k, v in med.items()},
+        row.update({"rounds": rounds, "seconds": {k: round(v, 3) for k, v in med.items()},
                     "frames_per_s": {"lockstep": round(n / med["lockstep"], 3), "sequential": round(n / med["sequential"], 3),
                                      "one_clip": round(frames / med["one_clip"], 3)},
-                    "images_per_s": round(n / med["images"], 3),
-                    "lockstep_vs_one_clip_time": round(med["lockstep"] / med["one_clip"], 3),
+                    "images_per_s": round(n / med["images"], 3), **_ratios(med),
                     "lockstep_vs_sequential_speedup": round(med["sequential"] / med["lockstep"], 3),
-                    "lockstep_vs_images": round(med["images"] / med["lockstep"], 3)})
+                    "round_ratio_medians": {k: statistics.median(rd[k] for rd in rounds) for k in _ratios(med)},
+                    "cpu_seconds": {k: round(statistics.median(rd["cpu_seconds"][k] for rd in rounds), 3) for k in CASES}})
+        row["cpu"] = _ratios(row["cpu_seconds"])
         log.info("video bench throughput: %s", {k: row[k] for k in ("seconds", "frames_per_s", "images_per_s")})
         # flicker: a dream with some octave detail to carry, on frames large enough for DIS flow and two octaves
         flicker_cfg = dict(base, octaves=2, iterations=3, max_side=max(flicker_size))
@@ -177,12 +197,23 @@ def _flicker(factory, base: dict, root: Path, size: tuple[int, int], frames: int
 
 def format_row(row: dict) -> str:
     fps, fl = row["frames_per_s"], row["flicker"]
-    return "\n".join([
+    lines = [
         f"video bench ({row['clips']} clips x {row['frames_per_clip']} frames, {row['size'][0]}x{row['size'][1]}, "
-        f"{row['environment']['device']}):",
-        f"  lockstep {fps['lockstep']:.3f} frames/s | one at a time {fps['sequential']:.3f} frames/s | image path "
-        f"{row['images_per_s']:.3f} images/s (lockstep / images = {row['lockstep_vs_images']:.2f}x, target >= 0.8)",
+        f"{row['environment']['device']}, {len(row['rounds'])} rounds, cases alternating):"]
+    for rd in row["rounds"]:
+        s = rd["seconds"]
+        lines.append(f"  round {rd['round']}: lockstep {s['lockstep']:.2f} s | one clip {s['one_clip']:.2f} s | "
+                     f"one after another {s['sequential']:.2f} s | images {s['images']:.2f} s -> lockstep / images "
+                     f"{rd['lockstep_vs_images']:.2f}x, {row['clips']} clips / one clip {rd['lockstep_vs_one_clip_time']:.2f}x "
+                     f"(CPU time: {rd['cpu']['lockstep_vs_images']:.2f}x, {rd['cpu']['lockstep_vs_one_clip_time']:.2f}x)")
+    lines += [
+        f"  medians: lockstep {fps['lockstep']:.3f} frames/s | one at a time {fps['sequential']:.3f} frames/s | image "
+        f"path {row['images_per_s']:.3f} images/s (lockstep / images = {row['lockstep_vs_images']:.2f}x, target >= 0.8)",
         f"  {row['clips']} clips in one job take {row['lockstep_vs_one_clip_time']:.2f}x the time of one clip "
         f"(target <= 2.3)",
-        f"  flicker ({fl['frames']} frames, {fl['size'][0]}x{fl['size'][1]}) {fl['coherent']['flicker']:.2f} vs independent {fl['independent']['flicker']:.2f} levels = "
-        f"{fl['flicker_ratio']:.2f}x (target <= 0.7) at {fl['strength_ratio']:.2f}x the strength (target >= 0.8)"])
+        "  host ms per frame, lockstep (last round): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in row["rounds"][-1]["host_ms_per_frame"]["lockstep"].items()),
+        f"  flicker ({fl['frames']} frames, {fl['size'][0]}x{fl['size'][1]}) {fl['coherent']['flicker']:.2f} vs independent "
+        f"{fl['independent']['flicker']:.2f} levels = {fl['flicker_ratio']:.2f}x (target <= 0.7) at "
+        f"{fl['strength_ratio']:.2f}x the strength (target >= 0.8)"]
+    return "\n".join(lines)

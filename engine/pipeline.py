@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-STAGES = ("decode", "resize", "loop", "device_wait", "encode", "write")
+STAGES = ("decode", "resize", "flow", "loop", "device_wait", "encode", "write")  # flow: video only
 
 
 def machine_cores() -> int:

@@ -96,3 +96,23 @@ def test_bench_defaults_work_outside_a_checkout():
 
     assert not RESULTS_DIR.is_absolute()  # results land under the current directory, not in the package
     assert any((d / s).is_file() for d in sample_dirs() for s in SAMPLES)
+
+
+def test_video_bench_row_prints_every_round_and_both_targets():
+    """The video bench's ratios and printout from a made-up row (the bench itself needs the real weights)."""
+    from dreamfleet.benchmarks.video_bench import CASES, _ratios, format_row
+
+    secs = [{"lockstep": 10.0, "one_clip": 4.0, "sequential": 12.0, "images": 9.0},
+            {"lockstep": 11.0, "one_clip": 5.0, "sequential": 14.0, "images": 10.0}]
+    rounds = [{"round": r, "order": list(CASES), "seconds": s, "cpu_seconds": s, **_ratios(s), "cpu": _ratios(s),
+               "host_ms_per_frame": {"lockstep": {"decode": 1.0, "flow": 2.0, "write": 3.0}, "images": {}}}
+              for r, s in enumerate(secs)]
+    assert _ratios(secs[0]) == {"lockstep_vs_images": 0.9, "lockstep_vs_one_clip_time": 2.5}
+    fl = {"frames": 16, "size": [256, 144], "coherent": {"flicker": 1.0}, "independent": {"flicker": 2.0},
+          "flicker_ratio": 0.5, "strength_ratio": 1.2}
+    row = {"clips": 3, "frames_per_clip": 48, "size": [96, 64], "environment": {"device": "cpu"}, "rounds": rounds,
+           "frames_per_s": {"lockstep": 1.0, "sequential": 1.0, "one_clip": 1.0}, "images_per_s": 1.0,
+           "lockstep_vs_images": 0.9, "lockstep_vs_one_clip_time": 2.2, "flicker": fl}
+    text = format_row(row)
+    assert "round 0:" in text and "round 1:" in text and "2.20x the time of one clip" in text
+    assert "0.91x" in text and "flow 2.0" in text  # round 1's lockstep / images; the stage timings

@@ -17,6 +17,7 @@ from video_fixtures import NTSC, pan_clip, pan_frames, write_clip  # noqa: E402
 from dreamfleet.backends import create_backend  # noqa: E402
 from dreamfleet.engine.config import make_config  # noqa: E402
 from dreamfleet.engine.job import run_job  # noqa: E402
+from dreamfleet.engine.video import store as store_mod  # noqa: E402
 from dreamfleet.engine.video.coherence import carried, hold, initial_frames, sequence_flicker, warp  # noqa: E402
 from dreamfleet.engine.video.flow import warp_np  # noqa: E402
 from dreamfleet.engine.video.scheduler import VideoScheduler, state_root  # noqa: E402
@@ -45,6 +46,20 @@ def _decode(path: Path) -> tuple[list[np.ndarray], list[int]]:
     with av.open(str(path)) as c:
         frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
     return [f for _, f in frames], [p for p, _ in frames]
+
+
+def _stopped(monkeypatch, after: int):
+    """Make the next job stop (as if killed) once ``after`` rounds have landed; returns the undo."""
+    real, landed = VideoScheduler._land, []
+
+    def stop(self, r):
+        real(self, r)
+        landed.append(r)
+        if len(landed) == after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(VideoScheduler, "_land", stop)
+    return lambda: monkeypatch.setattr(VideoScheduler, "_land", real)
 
 
 def test_device_warp_matches_the_numpy_reference():
@@ -97,21 +112,14 @@ def test_lockstep_videos_equal_each_video_alone_fp64(tmp_path, monkeypatch):
 
 
 def test_a_job_stopped_mid_video_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "CHAIN_EVERY", 3)  # a checkpoint after frames 2 and 5
     clip = _clip(tmp_path / "clip.mp4", 6)
     cfg = _cfg(keep_frames=True, iterations=1)
     run_job(cfg, [str(clip)], tmp_path / "whole", create_backend, progress=False)
-    real, landed = VideoScheduler._land, []
-
-    def stop_after_three(self, r):
-        real(self, r)
-        landed.append(r)
-        if len(landed) == 3:
-            raise KeyboardInterrupt  # as a killed job: frames 0-2 and the chain after frame 2 are on disk
-
-    monkeypatch.setattr(VideoScheduler, "_land", stop_after_three)
+    undo = _stopped(monkeypatch, 3)  # as a killed job: frames 0-2 and the chain after frame 2 are on disk
     with pytest.raises(KeyboardInterrupt):
         run_job(cfg, [str(clip)], tmp_path / "resumed", create_backend, progress=False)
-    monkeypatch.setattr(VideoScheduler, "_land", real)
+    undo()
     assert not (tmp_path / "resumed" / "clip.mp4").exists() and len(_frames(tmp_path / "resumed", cfg, "clip.mp4")) >= 3
     rep = run_job(cfg, [str(clip)], tmp_path / "resumed", create_backend, progress=False)
     rec = rep.records[0]
@@ -121,6 +129,67 @@ def test_a_job_stopped_mid_video_resumes_to_the_uninterrupted_result(tmp_path, m
     worst = max(np.abs(x.astype(float) - y).mean() for x, y in zip(a, b))
     assert worst <= 3.0, worst  # the issue's bound (mean levels); the CPU run is in fact identical
     assert rep.records[0].video["frames"] == 6
+
+
+def test_a_job_killed_between_checkpoints_redoes_the_frames_after_the_last_one(tmp_path, monkeypatch):
+    """Chain state every 3 frames: killed with frames 0-4 on disk, the rerun resumes after the checkpoint at frame 2
+    (frames 3 and 4 are dreamed again) and equals the uninterrupted run exactly."""
+    monkeypatch.setattr(store_mod, "CHAIN_EVERY", 3)
+    clip = _clip(tmp_path / "clip.mp4", 8)
+    cfg = _cfg(keep_frames=True, iterations=1)
+    run_job(cfg, [str(clip)], tmp_path / "whole", create_backend, progress=False)
+    undo = _stopped(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(cfg, [str(clip)], tmp_path / "resumed", create_backend, progress=False)
+    undo()
+    store = FrameStore(state_root(tmp_path / "resumed", cfg.param_hash(), "clip.mp4"))
+    assert [f[0] for f in store.frames()] == [0, 1, 2, 3, 4] and store.resume_point(0)[0] == 3
+    rec = run_job(cfg, [str(clip)], tmp_path / "resumed", create_backend, progress=False).records[0]
+    assert rec.status == "done" and rec.video["resumed_at"] == 3 and rec.video["frames_dreamed_now"] == 5
+    a, b = _frames(tmp_path / "whole", cfg, "clip.mp4"), _frames(tmp_path / "resumed", cfg, "clip.mp4")
+    assert len(a) == len(b) == 8 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_job_killed_before_the_encode_dreams_no_frame_again(tmp_path, monkeypatch):
+    """The chain state after a video's last frame (7 frames: not a multiple of CHAIN_EVERY) is stored when its
+    lane ends, so a kill between the last frame and the encode costs only the encode."""
+    from dreamfleet.engine.video import scheduler
+
+    clip = _clip(tmp_path / "clip.mp4", 7)
+    cfg = _cfg(keep_frames=True, iterations=1)
+    run_job(cfg, [str(clip)], tmp_path / "whole", create_backend, progress=False)
+
+    def killed(lane, *args):
+        for f in lane.writes:
+            f.result()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scheduler, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(cfg, [str(clip)], tmp_path / "resumed", create_backend, progress=False)
+    monkeypatch.undo()
+    rec = run_job(cfg, [str(clip)], tmp_path / "resumed", create_backend, progress=False).records[0]
+    assert rec.status == "done" and rec.video["resumed_at"] == 7 and rec.video["frames_dreamed_now"] == 0
+    a, b = _frames(tmp_path / "whole", cfg, "clip.mp4"), _frames(tmp_path / "resumed", cfg, "clip.mp4")
+    assert len(a) == len(b) == 7 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert len(_decode(Path(rec.output))[0]) == 7
+
+
+def test_a_checkpoint_makes_the_frames_below_it_durable_first(tmp_path, monkeypatch):
+    """Frames are renamed into place without fsync; a checkpoint fsyncs them and the folder before its chain state
+    (so after a power loss a surviving chain state has all its frames), and replaces the older state."""
+    synced = []
+    monkeypatch.setattr(store_mod, "_fsync", lambda p: synced.append(Path(p).name))
+    store = FrameStore(tmp_path / "v")
+    rgb, chain = np.zeros((4, 6, 3), np.uint8), np.zeros((3, 4, 6), np.float32)
+    for t in range(3):
+        store.save(t, 1001 * t, 1001, rgb)
+    assert synced == []
+    store.save(3, 3003, 1001, rgb, chain)
+    assert synced == [f"{t:06d}.{1001 * t}.1001.png" for t in range(4)] + ["v", "v"]
+    store.save(4, 4004, 1001, rgb, chain + 1)
+    assert sorted(p.name for p in (tmp_path / "v").glob("chain.*")) == ["chain.000004.npy"]
+    assert store_mod.checkpoint_due(store_mod.CHAIN_EVERY - 1) and not store_mod.checkpoint_due(store_mod.CHAIN_EVERY)
 
 
 def test_resume_point_needs_a_chain_state_with_all_its_frames(tmp_path):

@@ -128,14 +128,21 @@ class FlowEstimator:
         self.max_side = max_side  # larger frames: flow computed on a copy this size, then scaled up
         self._dis = _dis(preset)
         self._scratch: _Scratch | None = None  # buffers for the current frame shape
+        self._last: tuple | None = None  # (the last current frame [H,W,3], its gray [h,w]): the next pair's previous
 
     def __call__(self, prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> FlowPair:
         if prev_rgb.shape != cur_rgb.shape:
             raise ValueError(f"frames differ in shape: {prev_rgb.shape} vs {cur_rgb.shape}")
         h, w = cur_rgb.shape[:2]
-        if self.max_side is None or max(h, w) <= self.max_side:
-            return self._pair(_gray(prev_rgb), _gray(cur_rgb))
-        return _scaled_up(self._pair(*(_small_gray(x, self.max_side) for x in (prev_rgb, cur_rgb))), (h, w))
+        small = self.max_side is not None and max(h, w) > self.max_side
+        prev = self._last[1] if self._last is not None and self._last[0] is prev_rgb else self._gray(prev_rgb, small)
+        cur = self._gray(cur_rgb, small)
+        self._last = (cur_rgb, cur)  # a stream's frame is the current one, then the previous one: gray it once
+        pair = self._pair(prev, cur)
+        return _scaled_up(pair, (h, w)) if small else pair
+
+    def _gray(self, rgb: np.ndarray, small: bool) -> np.ndarray:
+        return _small_gray(rgb, self.max_side) if small else _gray(rgb)
 
     def _pair(self, prev: np.ndarray, cur: np.ndarray) -> FlowPair:
         import cv2

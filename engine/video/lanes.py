@@ -9,6 +9,7 @@ frames (``engine.video.store``) into the output video on a writer thread (``fini
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -25,14 +26,38 @@ from .probe import VideoInfo
 
 log = logging.getLogger(__name__)
 
-AHEAD = 4  # frames a decode thread prepares per request (one request per lane outstanding)
+REQUEST_BYTES = 4 << 20  # a decode request prepares about this many bytes of frames and flow (one per lane out)
+AHEAD_MIN, AHEAD_MAX = 4, 32  # frames per request: small frames are decoded in longer runs, large ones 4 at a time
 FLOW_MAX_SIDE = 1024  # larger frames (4K through the tile path) get their flow from a copy this size
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """Small tensor work on the CPU (upload, warp, temporal step of a lockstep batch: [N,3,H,W] elementwise) with
+    one intra-op thread: past 32k elements torch splits each op over its threads, and on a busy machine every such
+    split waits for a descheduled thread (measured under load: warp + start + hold 0.4 ms on one thread, 15-90 ms on
+    two). Elementwise results do not depend on the thread count, so batching stays exact. The dream keeps all threads."""
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def request_frames(w: int, h: int, flow: bool) -> int:
+    """Frames per decode request at W x H: RGB uint8, plus the flow [H,W,2] float32 and mask [H,W] bool."""
+    per_frame = w * h * (3 + (9 if flow else 0))
+    return max(AHEAD_MIN, min(AHEAD_MAX, REQUEST_BYTES // max(1, per_frame)))
 
 
 class FrameSource:
     """Decode thread side of a lane: frames at the working size with their backward flow (or None)."""
 
-    def __init__(self, decoder: Decoder, flow: bool) -> None:
+    def __init__(self, decoder: Decoder, flow: bool, stages=None) -> None:
         from .flow import FlowEstimator
 
         self.decoder = decoder
@@ -40,22 +65,32 @@ class FrameSource:
         self.it = None
         self.prev: Frame | None = None
         self.seconds = 0.0
+        self.stages = stages  # engine.pipeline.StageTimes: "decode" and "flow" host time per frame, or None
+        w, h = decoder.size or (1920, 1080)
+        self.ahead = request_frames(w, h, flow)
 
-    def take(self, k: int = AHEAD) -> list[tuple[Frame, object]]:
-        """The next ``k`` (frame, FlowPair or None) pairs; fewer at the end of the video (or where it breaks)."""
+    def take(self, k: int | None = None) -> list[tuple[Frame, object]]:
+        """The next ``k`` (default ``ahead``) (frame, FlowPair or None) pairs; fewer at the end of the video
+        (or where it breaks)."""
         t0 = time.perf_counter()
         if self.it is None:
             self.it = iter(self.decoder)
-        out = []
+        out, flow_s = [], 0.0
         try:
-            for frame in islice(self.it, k):
+            for frame in islice(self.it, k or self.ahead):
+                t1 = time.perf_counter()
                 pair = self.flow(self.prev.rgb, frame.rgb) if self.flow and self.prev is not None else None
+                flow_s += time.perf_counter() - t1
                 self.prev = frame
                 out.append((frame, pair))
         except Exception as exc:  # noqa: BLE001 - a decoder failure ends the video where it broke
             if not self.decoder.truncated:
                 self.decoder.truncated, self.decoder.error = True, f"{type(exc).__name__}: {exc}"
-        self.seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        if self.stages is not None and out:
+            self.stages.add("decode", seconds - flow_s, len(out))
+            self.stages.add("flow", flow_s, len(out))
         return out
 
 
@@ -76,6 +111,8 @@ class Lane:
     prev_src: torch.Tensor | None = None  # [3,H,W] pixels on the device
     prev_dream: torch.Tensor | None = None  # [3,H,W] pixels on the device
     inflight: int = 0  # batches launched and not landed
+    last_index: int | None = None  # the newest frame landed by this run
+    checkpointed: int | None = None  # the newest frame a chain state was stored after (this run)
     writes: list = field(default_factory=list)  # frame write futures
     dreamed: int = 0
     cuts: int = 0
@@ -102,9 +139,20 @@ class Lane:
             got, self.pending = self.pending.result(), None
             self.exhausted = not got
             self.buffer.extend(got)
-        if len(self.buffer) <= AHEAD // 2:
+        if len(self.buffer) <= self.source.ahead // 2:
             self.request(pool)  # keep the decode thread one request ahead
         return self.buffer.popleft() if self.buffer else None
+
+    def final_checkpoint(self, pool) -> None:
+        """The lane ended: store the chain state after its last frame (unless stored already) on a writer thread,
+        after the frame writes, so a job killed before the encode dreams no frame again."""
+        from .store import save_chain
+
+        if self.failed or self.last_index is None or self.last_index == self.checkpointed or self.prev_dream is None:
+            return
+        chain = self.prev_dream.detach().to("cpu", torch.float32).numpy()  # [3,H,W]
+        self.writes.append(pool.submit(save_chain, self.store, self.last_index, chain, list(self.writes)))
+        self.checkpointed = self.last_index
 
     def facts(self) -> dict:
         """The record's video facts known before encoding."""
@@ -165,6 +213,8 @@ def _finish(lane: Lane, cfg, storage, worker: str | None, metadata: dict) -> Ima
                            retryable=True, **base)
     facts["audio"] = facts["encoding"].get("audio")
     facts["encode_s"] = round(time.perf_counter() - t0, 3)
+    if lane.source.stages is not None:  # the final encode (reading the stored frames back), per frame
+        lane.source.stages.add("encode", time.perf_counter() - t0, len(frames))
     facts["param_hash"] = metadata.get("param_hash")
     if not cfg.keep_frames:
         lane.store.remove()

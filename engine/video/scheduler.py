@@ -13,13 +13,15 @@ runs A, the same two-in-flight idea as the image buckets. On CPU the device work
 so one group takes every slot (a bigger batch, nothing to overlap). Decoding and flow run
 ahead on the decode threads; the warp runs on the device. Frames larger than one tile window
 (``--tile``) step through the tile scheduler's gradients (``tiles``, handed in: no scheduler imports
-another). Each landed frame and the chain state after it are written atomically
-(``engine.video.store``): a killed job resumes at the first unfinished frame.
+another). Each landed frame is written atomically, and every few frames (and after a video's last)
+the chain state after it, once the frames before it are written (``engine.video.store``): a killed
+job resumes after the newest chain state whose frames are all on disk.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable
@@ -36,10 +38,10 @@ from ..tiling import needs_tiling
 from .assemble import SegmentParts, finish_any
 from .coherence import carried, hold, start_from
 from .decode import Decoder
-from .lanes import FrameSource, Lane
+from .lanes import FrameSource, Lane, one_thread
 from .probe import VideoLoadError, local_copy, probe_video
-from .segments import lane_range, state_root  # noqa: F401  (state_root: re-exported for callers)
-from .store import FrameStore
+from .segments import lane_range
+from .store import FrameStore, checkpoint_due, save_frame, state_root  # noqa: F401  (state_root: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class VideoScheduler:
             log.info("%s: resuming at frame %d", item.rel, first)
         h, w = item.hw
         decoder = Decoder(local, None, first - 1 if chain is not None else first, stop, (w, h), info)
-        lane = Lane(item, info, store, FrameSource(decoder, self.flow), start, first, chain, local=local, files=files)
+        lane = Lane(item, info, store, FrameSource(decoder, self.flow, self.loop.stages), start, first, chain, local=local, files=files)
         lane.request(self.decode_pool)
         return lane
 
@@ -128,6 +130,7 @@ class VideoScheduler:
     def _close_ready(self) -> None:
         for lane in [ln for ln in self._closing if ln.inflight == 0]:
             self._closing.remove(lane)
+            lane.final_checkpoint(self.write_pool)
             while self.finishing.full():
                 self.emit(self.finishing.pop()[1])
             self.finishing.push(self.write_pool.submit(finish_any, lane, self.cfg, self.loop.storage, self.loop.worker,
@@ -198,7 +201,9 @@ class VideoScheduler:
 
     def _launch(self, rows: list, hw: tuple[int, int]) -> _Round:
         """Queue one lockstep batch (no wait); rows that fail even alone fail their video."""
-        src, init, held = self._initial(rows)
+        t0 = time.perf_counter()
+        with one_thread(self.loop.device):
+            src, init, held = self._initial(rows)
         keys = [frame_key(lane.item.rel, frame.index) for lane, frame, _ in rows]
         failed: dict = {}
         try:
@@ -210,11 +215,13 @@ class VideoScheduler:
         if reason is not None:
             out, failed = self._retry_alone(init, keys, hw, rows, reason, oom)
         if reason is not None or held is not None:  # the dreams after the temporal step are what is written
-            out = out if held is None else hold(out, src, *held)
+            with one_thread(self.loop.device):
+                out = out if held is None else hold(out, src, *held)
             pending, fence = self.loop.transfer.download(out, reuse=False), self.loop.backend.fence()
         for i, (lane, _, _) in enumerate(rows):
             lane.prev_src, lane.prev_dream = src[i], out[i]
             lane.inflight += 1
+        self.loop.stages.add("loop", time.perf_counter() - t0, len(rows))
         return _Round([(lane, frame) for lane, frame, _ in rows], out, pending, fence, failed)
 
     def _queue(self, init: torch.Tensor, keys: list[str], hw: tuple[int, int]) -> tuple:
@@ -249,10 +256,11 @@ class VideoScheduler:
         return torch.cat(outs), failed
 
     def _land(self, r: _Round) -> None:
-        """Wait for a round, hand its frames and chain states to the writers, count progress, close ended lanes."""
+        """Wait for a round, hand its frames (and the chain states due) to the writers, count progress, close
+        ended lanes."""
+        t0 = time.perf_counter()
         host = self.loop.host_results(r.pending, r.fence)  # uint8 [3,H,W] each
-        chains = r.out.detach().to("cpu", torch.float32).numpy()  # [N,3,H,W] the chain states, exact
-        r.out = None
+        self.loop.stages.add("device_wait", time.perf_counter() - t0, len(r.rows))
         done = 0
         for i, (lane, frame) in enumerate(r.rows):
             lane.inflight -= 1
@@ -262,21 +270,19 @@ class VideoScheduler:
                 continue
             while self.frame_writes.full():
                 self.frame_writes.pop()
-            fut = self.write_pool.submit(_save, lane.store, frame, host[i].permute(1, 2, 0).numpy(), chains[i].copy())
+            chain, before = None, ()
+            if checkpoint_due(frame.index):  # the chain state after this frame [3,H,W], exact, once its frames are written
+                chain, before = r.out[i].detach().to("cpu", torch.float32).numpy(), list(lane.writes)
+                lane.checkpointed = frame.index
+            rgb = host[i].permute(1, 2, 0).numpy()  # [H,W,3] uint8
+            fut = self.write_pool.submit(save_frame, lane.store, frame, rgb, chain, before, self.loop.stages)
             self.frame_writes.push(fut)
+            lane.last_index = frame.index
             lane.writes = [f for f in lane.writes if not f.done() or f.result()] + [fut]
             lane.dreamed += 1
             done += 1
+        r.out = None
         self.on_frames(done)
         for _ in self.frame_writes.ready():  # drop finished writes (their errors are in lane.writes)
             pass
         self._close_ready()
-
-
-def _save(store: FrameStore, frame, rgb: np.ndarray, chain: np.ndarray) -> str | None:
-    """Writer thread: one frame and its chain state, atomically; the failure reason or None."""
-    try:
-        store.save(frame.index, frame.pts, frame.duration, rgb, chain)
-    except Exception as exc:  # noqa: BLE001 - disk full: the video fails, finished frames stay for a rerun
-        return f"cannot write frame {frame.index}: {type(exc).__name__}: {exc}"
-    return None

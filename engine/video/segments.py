@@ -20,29 +20,17 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from ..atomic import atomic_write
-from ..storage import Storage, is_url, location
-from ..vocabulary import STATE_DIR, VIDEO_STATE_DIR
+from ..storage import Storage, location
+from .store import state_root  # noqa: F401  (re-exported: assemble and the cluster side use it from here)
 
 log = logging.getLogger(__name__)
 
 SCAN_SIDE = 160  # the cut scan decodes frames this small (longest side)
 PLAN_NAME = "segments.json"
-
-
-def state_root(out_dir, param_hash: str, rel: str) -> Path:
-    """Where a video's frames and chain state live: OUT/.dreamfleet/video/<param hash>/<rel>/; for an
-    object-store output, the same below the local temporary folder (a rerun on this machine resumes)."""
-    out_dir = location(out_dir)
-    if is_url(out_dir):
-        base = Path(tempfile.gettempdir()) / "dreamfleet-video" / out_dir.protocol / out_dir.path.strip("/")
-    else:
-        base = out_dir / STATE_DIR
-    return base / VIDEO_STATE_DIR / param_hash / rel
 
 
 def out_dir_of(item):
