@@ -65,7 +65,7 @@ class StartErrors:
 
     def summary(self, limit: int = 3) -> str:
         """``"Type: message (w0, w1)"`` per distinct reason; "" when none was seen."""
-        parts = [f"{reason} ({', '.join(names)})" for reason, names in list(self.reasons.items())[:limit]]
+        parts = [f"{reason} ({', '.join(sorted(names))})" for reason, names in list(self.reasons.items())[:limit]]
         more = len(self.reasons) - limit
         return "; ".join(parts) + (f"; and {more} other reason(s)" if more > 0 else "")
 

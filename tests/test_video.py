@@ -164,7 +164,7 @@ def test_a_job_killed_before_the_encode_dreams_no_frame_again(tmp_path, monkeypa
             f.result()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scheduler, "finish", killed)
+    monkeypatch.setattr(scheduler, "finish_any", killed)
     with pytest.raises(KeyboardInterrupt):
         run_job(cfg, [str(clip)], tmp_path / "resumed", create_backend, progress=False)
     monkeypatch.undo()
