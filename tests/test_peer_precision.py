@@ -49,6 +49,20 @@ def test_explicit_bf16_without_native_bf16_warns_and_is_kept(monkeypatch, caplog
     assert not caplog.records
 
 
+def test_cpu_bf16_runs_channels_last_by_default_and_fp32_does_not(monkeypatch):
+    """oneDNN's bf16 convolutions are faster on NHWC input; CPU fp32 keeps NCHW (auto), an explicit choice wins."""
+    from dreamfleet.engine.backends.eager import EagerBackend
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    from dreamfleet.engine.build import build_dream_model
+
+    module = build_dream_model("vgg16", "features.3", random_weights=True).module
+    assert EagerBackend(module, CPU, "bf16").channels_last
+    assert EagerBackend(module, CPU, "auto").channels_last
+    assert not EagerBackend(module, CPU, "fp32").channels_last
+    assert not EagerBackend(module, CPU, "bf16", channels_last=False).channels_last
+
+
 def test_peer_harness_pieces_follow_the_peer():
     from dreamfleet.benchmarks.peer_baseline import PeerDream, cascade_kernels, cascade_smooth
 

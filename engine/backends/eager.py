@@ -52,8 +52,9 @@ class EagerBackend(Backend):
         check_precision(precision, device)
         self.device, self.precision = device, precision
         self.dtype = loop_dtype(precision)
-        if channels_last is None:  # auto: a win for cuDNN; on CPU NCHW costs nothing and varies less with the batch
-            channels_last = device.type == "cuda"
+        if channels_last is None:  # auto: a win for cuDNN and for oneDNN's bf16 convolutions (1.2x at batch 8,
+            # VGG16 256x192 on a Zen 4, docs/peer-comparison.md); CPU fp32 NCHW is as fast and varies less
+            channels_last = device.type == "cuda" or precision == "bf16"
         self.channels_last = channels_last and precision != "fp64"
         module = module.to(device=device, dtype=self.dtype)
         module = cast_features(module, precision)  # half precisions: weights cast once, LRN in fp32
