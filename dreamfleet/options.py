@@ -130,7 +130,7 @@ def add_dream_options(p: argparse.ArgumentParser) -> None:
                    help="--backend onnxruntime on CUDA: use ONNX Runtime's TensorRT execution provider (default: off)")
     opt("--onnx", "onnx", "exported gradient graph for --backend onnxruntime/tensorrt")
     g.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for CUDA, off for CPU)")
+                   help="channels_last memory format (default: on for CUDA and CPU bf16, off for CPU fp32)")
     g.add_argument("--reproducible", dest="reproducible", action=argparse.BooleanOptionalAction, default=None,
                    help="an image's dream does not depend on its batch: each image runs batch-1 kernels, torch "
                         "deterministic algorithms (default: off)")

@@ -97,7 +97,7 @@ class DreamConfig:
     backend: str = "eager"
     device: str = "auto"
     onnx: str | None = None
-    channels_last: bool | None = None  # None: auto (on for CUDA, off for CPU, where NCHW is as fast and steadier)
+    channels_last: bool | None = None  # None: auto (on for CUDA and CPU bf16; off for CPU fp32, where NCHW is as fast)
     reproducible: bool = False  # batch-invariant dreams: batch-1 kernels per image + torch deterministic algorithms
     compile_mode: str = "auto"  # --backend compile: auto = reduce-overhead (CUDA graphs) on CUDA, default on CPU
     ort_trt: bool = False  # --backend onnxruntime on CUDA: put ONNX Runtime's TensorRT execution provider first
