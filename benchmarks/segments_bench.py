@@ -28,13 +28,9 @@ import numpy as np
 
 from .hardware import environment, now_utc
 from .rows import append_rows
+from .video_bench import PHOTOS, RESULTS, SAMPLES  # the same sample photos and results folder
 
 log = logging.getLogger(__name__)
-
-RESULTS = Path(__file__).resolve().parent / "results"
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
-PHOTOS = ("coffee.png", "astronaut.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg")
-
 
 def make_shots_clip(path: Path, shots: int, frames: int, size: tuple[int, int], step: int = 2) -> Path:
     """``shots`` pans of ``frames`` frames over different photos, one H.264 clip at 30000/1001 fps."""
