@@ -154,7 +154,9 @@ def _dream_on_cluster(cfg, plan, backend_factory, opts, report, progress, starte
         pool_opts = pool_options_for(ray, opts, cfg, can_grow=joined)  # may wait for GPU nodes
         resources = ray.cluster_resources()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        plan.todo = for_cluster(plan.todo, len(nodes))  # object-store output on several nodes: videos whole
+        # object-store output: videos split only on a one-node Ray started here (a joined cluster may grow, and
+        # its driver may not share the workers' node-local segment state)
+        plan.todo = for_cluster(plan.todo, 2 if joined else len(nodes))
         shard_size = opts.shard_size or auto_shard_size(len(plan.todo), pool_opts.workers, cfg.batch_size)
         shards = make_shards(plan.todo, shard_size)
         report.extra["cluster"] = {"resources": resources, "nodes": len(nodes), "workers": pool_opts.workers,

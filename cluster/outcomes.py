@@ -58,8 +58,9 @@ class ShardOutcomes:
             self.queue.extend((next(self.shard_ids), [item]) for item in follow)
             if consumed:
                 continue
-            if rec.status == "failed" and rec.retryable:
-                self._charge(item_for(rec, items), rec.reason, rec)
+            item = item_for(rec, items) if rec.status == "failed" and rec.retryable else None
+            if item is not None:
+                self._charge(item, rec.reason, rec)
                 continue
             w[rec.status] = w.get(rec.status, 0) + 1
             self._finalize(rec)

@@ -40,15 +40,17 @@ def assembly_item(item: WorkItem) -> WorkItem:
     return dataclasses.replace(item, span=None, part=0, frames=0)
 
 
-def item_for(rec: ImageRecord, items: list[WorkItem]) -> WorkItem:
-    """The item of ``items`` a failure record is about: its segment, or the video's assembly."""
+def item_for(rec: ImageRecord, items: list[WorkItem]) -> WorkItem | None:
+    """The item of ``items`` a failure record is about: its segment, or the video's assembly (None: not here)."""
     seg = segment_of(rec)
     key = (rec.rel, seg[0] if seg else None)
     same = [i for i in items if i.rel == rec.rel]
     exact = next((i for i in same if item_key(i) == key), None)
     if exact is not None:
         return exact
-    return assembly_item(same[0]) if same and same[0].parts else same[0]
+    if not same:
+        return None
+    return assembly_item(same[0]) if same[0].parts else same[0]
 
 
 class SegmentBook:
@@ -63,6 +65,8 @@ class SegmentBook:
         video = rec.video or {}
         seg = segment_of(rec)
         if rec.status == "done" and seg is not None:
+            if rec.rel in self.queued:  # reported again (a retried shard): its assembly is already queued
+                return True, []
             self.done[rec.rel].add(video["part"])
             return True, self._complete(rec.rel, video["parts"], items)
         if rec.status == "failed" and rec.retryable and "parts_done" in video:
@@ -74,9 +78,10 @@ class SegmentBook:
         return False, []
 
     def _complete(self, rel: str, parts: int, items: list[WorkItem]) -> list[WorkItem]:
-        if len(self.done[rel]) < parts or rel in self.queued:
+        if len(self.done[rel]) < parts:
             return []
         self.queued.add(rel)
+        self.done.pop(rel, None)  # nothing per video is kept once its assembly is queued, but its name
         item = next(i for i in items if i.rel == rel)
         log.info("%s: all %d segments dreamed; queueing its assembly", rel, parts)
         return [assembly_item(item)]

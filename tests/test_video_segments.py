@@ -84,6 +84,18 @@ def test_split_video_equals_the_unsplit_one_bit_for_bit(tmp_path):
     assert _decode(clip)[1] == _decode(Path(b.output))[1]
 
 
+def test_a_failing_split_plan_dreams_the_video_whole(tmp_path, monkeypatch):
+    from dreamfleet.engine.video import segments
+
+    def broken(*args, **kwargs):
+        raise OSError("cut scan failed")
+
+    monkeypatch.setattr(segments, "_make_plan", broken)
+    clip = _shots_clip(tmp_path / "clip.mp4")
+    [item] = plan_job(_cfg(video_split_frames=4), [str(clip)], tmp_path / "plan").todo  # splitting is optional
+    assert item.span is None and item.parts == 0 and item.frames == 14
+
+
 def test_independent_frames_split_anywhere(tmp_path):
     clip = _shots_clip(tmp_path / "clip.mp4", [(7, "coffee.png")])
     cfg = _cfg(video_split_frames=3, video_flow="none")
@@ -146,6 +158,8 @@ def test_the_driver_queues_one_assembly_once_every_segment_reported():
     assert not consumed and again == [segs[2]] and item_for(rec(1, "failed"), segs) == segs[1]
     video_failure = ImageRecord("in/v.mp4", "v.mp4", "failed", retryable=True)  # the local assembly failed
     assert item_for(video_failure, segs).span is None
+    assert item_for(ImageRecord("in/w.mp4", "w.mp4", "failed", retryable=True), segs) is None  # not this shard's
+    assert "v.mp4" not in book.done  # nothing per video is kept once its assembly is queued
     assert list(manifest_items(segs)) == segs[:1]
     on_s3 = [dataclasses.replace(s, output="s3://b/out/v.mp4") for s in segs]
     assert for_cluster(on_s3, 1) == on_s3  # one node: segments meet in its temporary folder

@@ -100,9 +100,11 @@ class CpuLanes:
         started = threading.Barrier(n + 1)
 
         def init() -> None:
-            torch.get_num_threads()  # torch's lazy per-thread init first: it would reset the team size later
-            torch.set_num_threads(threads)  # this thread's team; also the process default (put back below)
-            started.wait()
+            try:
+                torch.get_num_threads()  # torch's lazy per-thread init first: it would reset the team size later
+                torch.set_num_threads(threads)  # this thread's team; also the process default (put back below)
+            finally:
+                started.wait()  # also when the above failed: the constructor must not wait forever
 
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="dreamfleet-lane", initializer=init)
         for _ in range(n):  # a worker starts per submit while fewer than n exist: all n start now

@@ -181,6 +181,7 @@ class SegmentParts:
     def to_dream(self, items: list, pool) -> list:
         """The items that need a lane; done segments are reported now, assembly items assembled."""
         self.pool, out = pool, []
+        self._drain()
         for item in items:
             if not item.parts:
                 out.append(item)
@@ -198,7 +199,18 @@ class SegmentParts:
     def _assemble(self, item) -> ImageRecord:
         return assemble(item, self.cfg, self.storage, self.worker, self.metadata)
 
+    def _drain(self) -> None:
+        """Emit finished assemblies' records now: progress, report and ledger don't wait for the job's end."""
+        running = []
+        for fut in self.assembling:
+            if fut.done():
+                self.outer(fut.result())
+            else:
+                running.append(fut)
+        self.assembling = running
+
     def emit(self, rec: ImageRecord) -> None:
+        self._drain()
         if rec.rel not in self.local or rec.rel in self.closed:
             if rec.rel not in self.closed:
                 self.outer(rec)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..storage import Storage, location
-from .store import state_root  # noqa: F401  (re-exported: assemble and the cluster side use it from here)
+from .store import state_root
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,14 @@ def split_video(item, info, cfg, storage: Storage):
     n = cfg.video_split_frames
     if not n or item.frames <= n:
         return item
+    try:
+        return _split(item, info, cfg, storage, n)
+    except Exception as exc:  # noqa: BLE001 - splitting is optional: a failing scan or plan runs the video whole
+        log.warning("%s: not split (%s: %s); dreamed whole", item.rel, type(exc).__name__, exc)
+        return item
+
+
+def _split(item, info, cfg, storage: Storage, n: int):
     root = state_root(out_dir_of(item), cfg.param_hash(), item.rel)
     start, stop = cfg.frame_range()
     key = {"source": list(storage.stat(item.path)), "split_frames": n, "range": [start, stop],
