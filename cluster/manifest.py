@@ -31,6 +31,8 @@ from dreamfleet.engine.runner import WorkItem
 from dreamfleet.engine.storage import Storage, is_url, location
 from dreamfleet.engine.vocabulary import MANIFEST_NAME, STATE_DIR, STATUSES
 
+from .segments import manifest_items
+
 log = logging.getLogger(__name__)
 
 
@@ -114,9 +116,8 @@ class ManifestWriter:
         self.add(rec.input, rec.rel, rec.output, rec.shape, rec.status)
 
     def add_todo(self, todo: list[WorkItem]) -> None:
-        for item in todo:
-            if not item.part:  # a long video split into segments is one input (cluster.segments)
-                self.add(item.path, item.rel, item.output, item.hw, "todo")
+        for item in manifest_items(todo):  # a long video split into segments is one input
+            self.add(item.path, item.rel, item.output, item.hw, "todo")
 
     def _entry(self, job: tuple) -> ManifestEntry:
         inp, rel, output, hw, planned = job

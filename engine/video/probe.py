@@ -123,9 +123,9 @@ def local_copy(path, storage: Storage | None = None):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def open_input(src):
+def open_input(src, head: bytes | None = None):
     """``av.open`` for reading ``src`` (a local Path, or a seekable binary file object), FFmpeg's errors
-    turned into VideoLoadError."""
+    turned into VideoLoadError. ``head``: its first bytes if the caller has read them already."""
     import av
 
     if isinstance(src, Path):
@@ -133,14 +133,15 @@ def open_input(src):
             raise VideoLoadError("no such file")
         if src.stat().st_size == 0:
             raise VideoLoadError("empty file")
-    demuxer = DEMUXERS.get(video_container(_head(src)))  # by the bytes: a clip named .jpg is no JPEG to FFmpeg
+    head = _head(src) if head is None else head  # read once
+    demuxer = DEMUXERS.get(video_container(head))  # by the bytes: a clip named .jpg is no JPEG to FFmpeg
     try:
         container = av.open(str(src) if isinstance(src, Path) else src, "r", format=demuxer)
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
-        if _head(src) == b"":
+        if head == b"":
             raise VideoLoadError("empty file") from None
-        if sniff_video(_head(src)):
+        if sniff_video(head):
             raise VideoLoadError(f"a video container FFmpeg cannot open ({why}): broken, or cut short") from None
         raise VideoLoadError(f"not a video FFmpeg can open ({why})") from None
     if video_stream(container) is None:
@@ -222,13 +223,13 @@ def probe_video(path, storage: Storage | None = None) -> VideoInfo:
         head = _head(src)
         if not video_container(head):  # a photo named .mp4, a text file: not FFmpeg's to guess at
             raise NotAVideo(f"not a video container (first bytes {describe_head(head)})" if head else "empty file", head)
-        return _probe_open(src)
+        return _probe_open(src, head)
 
 
-def _probe_open(src) -> VideoInfo:
+def _probe_open(src, head: bytes) -> VideoInfo:
     import av
 
-    with contextlib.closing(open_input(src)) as c:
+    with contextlib.closing(open_input(src, head)) as c:
         vs = video_stream(c)
         try:
             first = next(c.decode(vs), None)
